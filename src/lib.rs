@@ -5,4 +5,6 @@
 //! - [`protocol`]: pure wire types and frame inspection (no I/O).
 //! - [`sim`]: a cloud emulator and an SDK-like app, used by tests, benchmarks and the demo.
 
+pub mod config;
+pub mod protocol;
 pub mod sim;

@@ -1,0 +1,445 @@
+//! Configuration: one YAML file, `TETHER_*` environment overrides on top, validated into a
+//! typed [`Config`]. Only [`Config::from_sources`] builds a `Config`, so every value a caller
+//! sees has been checked. This module reads files and the environment only when asked to by
+//! [`Config::load`]; it starts nothing.
+
+mod secret;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+pub use secret::Secret;
+
+/// The environment variables that override the file, and the key each one replaces.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("TETHER_PUBLIC_LISTEN", "listen.public"),
+    ("TETHER_LOCAL_LISTEN", "listen.local"),
+    ("TETHER_ADMIN_LISTEN", "listen.admin"),
+    ("TETHER_LOCAL_ADVERTISE", "listen.local_advertise"),
+    ("TETHER_APP_URL", "app.url"),
+    ("TETHER_PACKAGE_NAME", "app.package_name"),
+    ("TETHER_API_KEY", "app.api_key (secret)"),
+    ("TETHER_API_KEY_FILE", "app.api_key_file"),
+    ("TETHER_CLOUD_WS_URL", "cloud.ws_url"),
+    ("TETHER_MAX_FRAME_BYTES", "limits.max_frame_bytes"),
+    ("TETHER_LOG_LEVEL", "log.level"),
+    ("TETHER_LOG_FORMAT", "log.format"),
+];
+
+/// Largest frame accepted on either WebSocket leg by default: the cloud's own limit (16 MiB).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// Errors found while loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when stdout is not a terminal, text otherwise.
+    Auto,
+    Json,
+    Text,
+}
+
+/// The file as written: every field optional, unknown keys rejected with their position.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    version: Option<u32>,
+    #[serde(default)]
+    listen: RawListen,
+    #[serde(default)]
+    app: RawApp,
+    #[serde(default)]
+    cloud: RawCloud,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    public: Option<String>,
+    local: Option<String>,
+    admin: Option<String>,
+    local_advertise: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    url: Option<String>,
+    package_name: Option<String>,
+    api_key_file: Option<String>,
+    health_path: Option<String>,
+    webhook_timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCloud {
+    ws_url: Option<String>,
+    connect_timeout_ms: Option<u64>,
+    http_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_frame_bytes: Option<usize>,
+    max_webhook_body_bytes: Option<usize>,
+    ws_read_buffer_bytes: Option<usize>,
+    init_timeout_ms: Option<u64>,
+    max_clouds: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<LogFormat>,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub app: AppConfig,
+    pub cloud: CloudConfig,
+    pub limits: Limits,
+    pub log: LogConfig,
+}
+
+/// Where Tether listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenConfig {
+    /// Reached by the cloud, phones and browsers: `/webhook` and every app route.
+    pub public: SocketAddr,
+    /// Reached by the app only: its WebSocket and the HTTP calls its SDK derives from it.
+    pub local: SocketAddr,
+    /// Health, readiness, metrics and the session list.
+    pub admin: SocketAddr,
+    /// `host:port` written into the webhook URLs handed to the app; `None` = the bound local address.
+    pub local_advertise: Option<String>,
+}
+
+/// The app server Tether fronts.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// The app server's own base URL (scheme, host, port).
+    pub url: Url,
+    pub package_name: Option<String>,
+    pub api_key: Secret,
+    pub health_path: String,
+    pub webhook_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// The cloud side.
+#[derive(Debug, Clone)]
+pub struct CloudConfig {
+    /// Used when a webhook carries no WebSocket URL, and for app calls that name no cloud.
+    pub ws_url: Option<Url>,
+    pub connect_timeout: Duration,
+    pub http_timeout: Duration,
+}
+
+/// Size and time limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub max_webhook_body_bytes: usize,
+    pub ws_read_buffer_bytes: usize,
+    pub init_timeout: Duration,
+    /// Distinct cloud origins remembered from webhooks (webhooks are unauthenticated).
+    pub max_clouds: usize,
+}
+
+/// Logging.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads `path` (when given) and the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => Some(std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?),
+            None => None,
+        };
+        let origin = path.map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
+        Self::from_sources(text.as_deref(), &origin, &|k| std::env::var(k).ok())
+    }
+
+    /// Parses YAML text (or defaults when `None`), applies overrides read through `env`, and
+    /// validates. `origin` names the text in errors.
+    pub fn from_sources(
+        yaml: Option<&str>,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut raw = match yaml {
+            Some(text) if !text.trim().is_empty() => serde_saphyr::from_str::<RawConfig>(text)
+                .map_err(|e| ConfigError::Parse {
+                    origin: origin.to_string(),
+                    message: e.to_string(),
+                })?,
+            _ => RawConfig::default(),
+        };
+        apply_env(&mut raw, env)?;
+        let api_key = match env("TETHER_API_KEY") {
+            Some(k) if !k.trim().is_empty() => Secret::new(k.trim()),
+            _ => match &raw.app.api_key_file {
+                Some(path) => read_secret_file(path)?,
+                None => Secret::default(),
+            },
+        };
+        validate(raw, api_key)
+    }
+
+    /// Parses YAML text with no environment, for tests and `check-config` of inline text.
+    pub fn from_yaml(yaml: &str) -> Result<Config, ConfigError> {
+        Self::from_sources(Some(yaml), "<inline>", &|_| None)
+    }
+}
+
+fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    let set = |slot: &mut Option<String>, var: &str| {
+        if let Some(v) = env(var) {
+            *slot = Some(v);
+        }
+    };
+    set(&mut raw.listen.public, "TETHER_PUBLIC_LISTEN");
+    set(&mut raw.listen.local, "TETHER_LOCAL_LISTEN");
+    set(&mut raw.listen.admin, "TETHER_ADMIN_LISTEN");
+    set(&mut raw.listen.local_advertise, "TETHER_LOCAL_ADVERTISE");
+    set(&mut raw.app.url, "TETHER_APP_URL");
+    set(&mut raw.app.package_name, "TETHER_PACKAGE_NAME");
+    set(&mut raw.app.api_key_file, "TETHER_API_KEY_FILE");
+    set(&mut raw.cloud.ws_url, "TETHER_CLOUD_WS_URL");
+    set(&mut raw.log.level, "TETHER_LOG_LEVEL");
+    if let Some(v) = env("TETHER_MAX_FRAME_BYTES") {
+        raw.limits.max_frame_bytes = Some(v.trim().parse().map_err(|_| invalid(
+            "TETHER_MAX_FRAME_BYTES",
+            format!("expected a byte count, got {v:?}"),
+        ))?);
+    }
+    if let Some(v) = env("TETHER_LOG_FORMAT") {
+        raw.log.format = Some(match v.trim() {
+            "auto" => LogFormat::Auto,
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => {
+                return Err(invalid(
+                    "TETHER_LOG_FORMAT",
+                    format!("expected auto, json or text, got {other:?}"),
+                ))
+            }
+        });
+    }
+    Ok(())
+}
+
+fn read_secret_file(path: &str) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: PathBuf::from(path),
+        source,
+    })?;
+    Ok(Secret::new(text.trim()))
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+fn addr(key: &str, value: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let text = value.unwrap_or_else(|| default.to_string());
+    text.trim()
+        .parse()
+        .map_err(|_| invalid(key, format!("expected host:port with a numeric IP, got {text:?}")))
+}
+
+fn millis(key: &str, value: Option<u64>, default: u64, max: u64) -> Result<Duration, ConfigError> {
+    let ms = value.unwrap_or(default);
+    if ms == 0 || ms > max {
+        return Err(invalid(key, format!("must be between 1 and {max} ms, got {ms}")));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn ws_url(key: &str, text: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(text.trim()).map_err(|e| invalid(key, format!("{e}: {text:?}")))?;
+    match url.scheme() {
+        "ws" | "wss" if url.host_str().is_some() => Ok(url),
+        _ => Err(invalid(key, format!("expected a ws:// or wss:// URL, got {text:?}"))),
+    }
+}
+
+fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
+    if let Some(v) = raw.version {
+        if v != 1 {
+            return Err(invalid("version", format!("only version 1 is known, got {v}")));
+        }
+    }
+    let listen = ListenConfig {
+        public: addr("listen.public", raw.listen.public, "0.0.0.0:8080")?,
+        local: addr("listen.local", raw.listen.local, "127.0.0.1:8081")?,
+        admin: addr("listen.admin", raw.listen.admin, "0.0.0.0:9090")?,
+        local_advertise: raw.listen.local_advertise.filter(|s| !s.trim().is_empty()),
+    };
+    let app_url_text = raw.app.url.unwrap_or_else(|| "http://127.0.0.1:7010".into());
+    let app_url = Url::parse(app_url_text.trim())
+        .map_err(|e| invalid("app.url", format!("{e}: {app_url_text:?}")))?;
+    if !matches!(app_url.scheme(), "http") || app_url.host_str().is_none() {
+        return Err(invalid(
+            "app.url",
+            format!("expected an http:// URL of the app server, got {app_url_text:?}"),
+        ));
+    }
+    let health_path = raw.app.health_path.unwrap_or_else(|| "/health".into());
+    if !health_path.starts_with('/') {
+        return Err(invalid("app.health_path", "must start with '/'"));
+    }
+    let app = AppConfig {
+        url: app_url,
+        package_name: raw.app.package_name.filter(|s| !s.trim().is_empty()),
+        api_key,
+        health_path,
+        webhook_timeout: millis("app.webhook_timeout_ms", raw.app.webhook_timeout_ms, 9_000, 60_000)?,
+        connect_timeout: millis("app.connect_timeout_ms", raw.app.connect_timeout_ms, 2_000, 60_000)?,
+    };
+    let cloud = CloudConfig {
+        ws_url: match raw.cloud.ws_url.filter(|s| !s.trim().is_empty()) {
+            Some(text) => Some(ws_url("cloud.ws_url", &text)?),
+            None => None,
+        },
+        connect_timeout: millis("cloud.connect_timeout_ms", raw.cloud.connect_timeout_ms, 5_000, 60_000)?,
+        http_timeout: millis("cloud.http_timeout_ms", raw.cloud.http_timeout_ms, 20_000, 300_000)?,
+    };
+    let max_frame_bytes = raw.limits.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME_BYTES);
+    if !(1024..=256 * 1024 * 1024).contains(&max_frame_bytes) {
+        return Err(invalid("limits.max_frame_bytes", "must be between 1 KiB and 256 MiB"));
+    }
+    let ws_read_buffer_bytes = raw.limits.ws_read_buffer_bytes.unwrap_or(16 * 1024);
+    if !(1024..=1024 * 1024).contains(&ws_read_buffer_bytes) {
+        return Err(invalid("limits.ws_read_buffer_bytes", "must be between 1 KiB and 1 MiB"));
+    }
+    let limits = Limits {
+        max_frame_bytes,
+        max_webhook_body_bytes: raw.limits.max_webhook_body_bytes.unwrap_or(1024 * 1024),
+        ws_read_buffer_bytes,
+        init_timeout: millis("limits.init_timeout_ms", raw.limits.init_timeout_ms, 10_000, 120_000)?,
+        max_clouds: raw.limits.max_clouds.unwrap_or(64).max(1),
+    };
+    let log = LogConfig {
+        level: raw.log.level.unwrap_or_else(|| "info".into()),
+        format: raw.log.format.unwrap_or(LogFormat::Auto),
+    };
+    Ok(Config {
+        listen,
+        app,
+        cloud,
+        limits,
+        log,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_yaml("").expect("defaults");
+        assert_eq!(c.listen.public.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.listen.local.to_string(), "127.0.0.1:8081");
+        assert_eq!(c.app.url.as_str(), "http://127.0.0.1:7010/");
+        assert_eq!(c.limits.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_line_and_column() {
+        let err = Config::from_yaml("version: 1\nlisten:\n  public: 0.0.0.0:1\n  pubic: x\n")
+            .expect_err("unknown key");
+        let text = err.to_string();
+        assert!(text.contains("line 4 column 3"), "{text}");
+        assert!(text.contains("pubic"), "{text}");
+    }
+
+    #[test]
+    fn env_overrides_win_over_the_file() {
+        let env = env_of(&[
+            ("TETHER_PUBLIC_LISTEN", "127.0.0.1:0"),
+            ("TETHER_APP_URL", "http://127.0.0.1:9999"),
+            ("TETHER_CLOUD_WS_URL", "wss://cloud.example/app-ws"),
+            ("TETHER_API_KEY", "abc123"),
+            ("TETHER_PACKAGE_NAME", "com.example.x"),
+        ]);
+        let c = Config::from_sources(Some("listen:\n  public: 0.0.0.0:1\n"), "t", &env).expect("cfg");
+        assert_eq!(c.listen.public.to_string(), "127.0.0.1:0");
+        assert_eq!(c.app.url.port(), Some(9999));
+        assert_eq!(c.cloud.ws_url.as_ref().map(Url::as_str), Some("wss://cloud.example/app-ws"));
+        assert_eq!(c.app.api_key.expose(), "abc123");
+        assert!(!format!("{c:?}").contains("abc123"));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (yaml, key) in [
+            ("listen:\n  admin: nowhere\n", "listen.admin"),
+            ("app:\n  url: ftp://x\n", "app.url"),
+            ("cloud:\n  ws_url: http://x/app-ws\n", "cloud.ws_url"),
+            ("limits:\n  max_frame_bytes: 10\n", "limits.max_frame_bytes"),
+            ("version: 2\n", "version"),
+        ] {
+            let err = Config::from_yaml(yaml).expect_err(yaml).to_string();
+            assert!(err.starts_with(key), "{yaml:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn api_key_file_is_read_and_trimmed() {
+        let dir = std::env::temp_dir().join(format!("tether-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("key");
+        std::fs::write(&file, "s3cret\n").expect("write");
+        let yaml = format!("app:\n  api_key_file: {}\n", file.display());
+        let c = Config::from_yaml(&yaml).expect("cfg");
+        assert_eq!(c.app.api_key.expose(), "s3cret");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
