@@ -3,8 +3,21 @@
 //! Module map:
 //! - [`config`]: YAML + environment configuration, validated into typed values.
 //! - [`protocol`]: pure wire types and frame inspection (no I/O).
+//! - [`session`]: the per-session state machine, the registry, and the task driving sockets.
+//! - [`upstream`]: the cloud side (dialling, HTTP forwarding, known clouds).
+//! - [`downstream`]: the app side (local listener, reverse proxy to the app).
+//! - [`webhook`]: the cloud's `POST /webhook` intake.
+//! - [`admin`]: health, readiness, metrics and the session list.
+//! - [`runtime`]: binds listeners and wires the shared state.
 //! - [`sim`]: a cloud emulator and an SDK-like app, used by tests, benchmarks and the demo.
 
+pub mod admin;
 pub mod config;
+pub mod downstream;
 pub mod protocol;
+pub mod runtime;
+pub mod serve;
+pub mod session;
 pub mod sim;
+pub mod upstream;
+pub mod webhook;

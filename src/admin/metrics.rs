@@ -1,0 +1,239 @@
+//! Prometheus metrics. Labels are bounded enums (direction, frame kind, outcome), never
+//! session or user ids. Per-frame counters are resolved once at start, so the relay's hot
+//! path increments an atomic and does no label lookup.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::protocol::{Direction, Kind};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirKindLabels {
+    direction: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirLabels {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    r#type: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProxyLabels {
+    route: &'static str,
+    code: &'static str,
+}
+
+/// HTTP status class (`2xx`, `5xx`, ...), a bounded label.
+pub fn code_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Every metric Tether exports, and the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    frames: Vec<Counter>,
+    bytes: [Counter; 2],
+    malformed: [Counter; 2],
+    oversized: [Counter; 2],
+    sessions: Family<StateLabels, Gauge>,
+    webhooks: Family<WebhookLabels, Counter>,
+    cloud_connect_failures: Family<ReasonLabels, Counter>,
+    session_ends: Family<ReasonLabels, Counter>,
+    proxy_requests: Family<ProxyLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Builds and registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tether");
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        let frames_family = Family::<DirKindLabels, Counter>::default();
+        let mut frames = Vec::with_capacity(2 * Kind::ALL.len());
+        for dir in Direction::ALL {
+            for kind in Kind::ALL {
+                frames.push(
+                    frames_family
+                        .get_or_create(&DirKindLabels {
+                            direction: dir.label(),
+                            kind: kind.label(),
+                        })
+                        .clone(),
+                );
+            }
+        }
+        registry.register("frames", "WebSocket frames relayed, by direction and kind", frames_family);
+        let per_dir = |registry: &mut Registry, name: &str, help: &str| -> [Counter; 2] {
+            let family = Family::<DirLabels, Counter>::default();
+            let counters = Direction::ALL.map(|d| family.get_or_create(&DirLabels { direction: d.label() }).clone());
+            registry.register(name, help, family);
+            counters
+        };
+        let bytes = per_dir(&mut registry, "bytes", "WebSocket payload bytes relayed, by direction");
+        let malformed = per_dir(
+            &mut registry,
+            "malformed_frames",
+            "Text frames that are not JSON objects with a type; relayed untouched",
+        );
+        let oversized = per_dir(
+            &mut registry,
+            "oversized_frames",
+            "Frames over limits.max_frame_bytes; the sending leg is closed with 1009",
+        );
+        let sessions = Family::<StateLabels, Gauge>::default();
+        registry.register("sessions", "Sessions by state", sessions.clone());
+        let webhooks = Family::<WebhookLabels, Counter>::default();
+        registry.register("webhooks", "Webhooks received from the cloud, by type and outcome", webhooks.clone());
+        let cloud_connect_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "cloud_connect_failures",
+            "Failed dials of a cloud WebSocket, by reason",
+            cloud_connect_failures.clone(),
+        );
+        let session_ends = Family::<ReasonLabels, Counter>::default();
+        registry.register("session_ends", "Sessions ended, by reason", session_ends.clone());
+        let proxy_requests = Family::<ProxyLabels, Counter>::default();
+        registry.register(
+            "proxy_requests",
+            "HTTP requests reverse-proxied, by route class and status class",
+            proxy_requests.clone(),
+        );
+        Metrics {
+            registry,
+            frames,
+            bytes,
+            malformed,
+            oversized,
+            sessions,
+            webhooks,
+            cloud_connect_failures,
+            session_ends,
+            proxy_requests,
+        }
+    }
+
+    /// Counts one relayed frame of `len` payload bytes.
+    pub fn frame(&self, dir: Direction, kind: Kind, len: usize) {
+        let d = dir_index(dir);
+        if let Some(c) = self.frames.get(d * Kind::ALL.len() + kind.index()) {
+            c.inc();
+        }
+        self.bytes[d].inc_by(len as u64);
+        if kind == Kind::Malformed {
+            self.malformed[d].inc();
+        }
+    }
+
+    /// Counts a frame over the size limit.
+    pub fn oversized(&self, dir: Direction) {
+        self.oversized[dir_index(dir)].inc();
+    }
+
+    /// Moves one session between states (`None` = absent).
+    pub fn session_state(&self, from: Option<&'static str>, to: Option<&'static str>) {
+        if let Some(s) = from {
+            self.sessions.get_or_create(&StateLabels { state: s }).dec();
+        }
+        if let Some(s) = to {
+            self.sessions.get_or_create(&StateLabels { state: s }).inc();
+        }
+    }
+
+    /// Counts a webhook by type and outcome.
+    pub fn webhook(&self, ty: &'static str, outcome: &'static str) {
+        self.webhooks.get_or_create(&WebhookLabels { r#type: ty, outcome }).inc();
+    }
+
+    /// Counts a failed cloud dial.
+    pub fn cloud_connect_failure(&self, reason: &'static str) {
+        self.cloud_connect_failures.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts an ended session.
+    pub fn session_end(&self, reason: &'static str) {
+        self.session_ends.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts a proxied HTTP request.
+    pub fn proxy_request(&self, route: &'static str, status: u16) {
+        self.proxy_requests
+            .get_or_create(&ProxyLabels {
+                route,
+                code: code_class(status),
+            })
+            .inc();
+    }
+
+    /// The exposition text (OpenMetrics).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+fn dir_index(dir: Direction) -> usize {
+    match dir {
+        Direction::Down => 0,
+        Direction::Up => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_counted_under_their_labels() {
+        let m = Metrics::new();
+        m.frame(Direction::Up, Kind::DisplayEvent, 10);
+        m.frame(Direction::Up, Kind::DisplayEvent, 5);
+        m.frame(Direction::Down, Kind::Malformed, 3);
+        m.webhook("session_request", "ok");
+        m.session_state(None, Some("live"));
+        let text = m.encode();
+        assert!(text.contains(r#"tether_frames_total{direction="app_to_cloud",kind="display_event"} 2"#), "{text}");
+        assert!(text.contains(r#"tether_bytes_total{direction="app_to_cloud"} 15"#), "{text}");
+        assert!(text.contains(r#"tether_malformed_frames_total{direction="cloud_to_app"} 1"#), "{text}");
+        assert!(text.contains(r#"tether_webhooks_total{type="session_request",outcome="ok"} 1"#), "{text}");
+        assert!(text.contains(r#"tether_sessions{state="live"} 1"#), "{text}");
+    }
+}

@@ -1,0 +1,152 @@
+//! Wiring: binds the three listeners, builds the state they share, and runs until cancelled.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::Method;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::metrics::Metrics;
+use crate::config::Config;
+use crate::serve::{self, Body};
+use crate::session::registry::Registry;
+use crate::upstream::clouds::CloudTable;
+
+/// State shared by the listeners and session tasks.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub metrics: Metrics,
+    pub clouds: CloudTable,
+    pub sessions: Registry,
+    pub tls: Arc<rustls::ClientConfig>,
+    /// `host:port` of the local listener as written into URLs handed to the app.
+    pub local_advertise: String,
+    pub app_client: Client<HttpConnector, Body>,
+    pub cancel: CancellationToken,
+    pub tracker: TaskTracker,
+    /// Set when shutdown starts; `/readyz` fails from then on.
+    pub draining: AtomicBool,
+}
+
+/// Why Tether could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind the {which} listener on {addr}: {source}")]
+    Bind {
+        which: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// A started Tether: its bound addresses, and the handle to stop it.
+pub struct Running {
+    pub public: SocketAddr,
+    pub local: SocketAddr,
+    pub admin: SocketAddr,
+    pub shared: Arc<Shared>,
+}
+
+/// How long open HTTP requests may run on after shutdown starts.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+
+async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { which, addr, source })
+}
+
+/// Binds every listener and starts serving; returns once all are bound.
+pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running, StartError> {
+    let public = bind("public", config.listen.public).await?;
+    let local = bind("local", config.listen.local).await?;
+    let admin = bind("admin", config.listen.admin).await?;
+    let local_addr = local.local_addr().map_err(|source| StartError::Bind {
+        which: "local",
+        addr: config.listen.local,
+        source,
+    })?;
+    let local_advertise = config.listen.local_advertise.clone().unwrap_or_else(|| {
+        // A wildcard address cannot be dialled; the app reaches a wildcard listener on loopback.
+        if local_addr.ip().is_unspecified() {
+            format!("127.0.0.1:{}", local_addr.port())
+        } else {
+            local_addr.to_string()
+        }
+    });
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.app.connect_timeout));
+    connector.set_nodelay(true);
+    let app_client = Client::builder(TokioExecutor::new()).build(connector);
+    let shared = Arc::new(Shared {
+        metrics: Metrics::new(),
+        clouds: CloudTable::new(config.limits.max_clouds),
+        sessions: Registry::default(),
+        tls: crate::upstream::tls_config()?,
+        local_advertise,
+        app_client,
+        cancel: cancel.clone(),
+        tracker: TaskTracker::new(),
+        draining: AtomicBool::new(false),
+        config: Arc::new(config),
+    });
+    let addr_of = |l: &TcpListener| l.local_addr().ok();
+    let running = Running {
+        public: addr_of(&public).unwrap_or(shared.config.listen.public),
+        local: local_addr,
+        admin: addr_of(&admin).unwrap_or(shared.config.listen.admin),
+        shared: shared.clone(),
+    };
+    let s = shared.clone();
+    spawn_listener(&shared, public, move |req, peer| {
+        let s = s.clone();
+        async move {
+            if req.method() == Method::POST && req.uri().path() == "/webhook" {
+                crate::webhook::intake::handle(s, req).await
+            } else {
+                crate::downstream::proxy::handle(s, req, peer).await
+            }
+        }
+    });
+    let s = shared.clone();
+    spawn_listener(&shared, local, move |req, _| crate::downstream::listener::handle(s.clone(), req));
+    let s = shared.clone();
+    spawn_listener(&shared, admin, move |req, _| crate::admin::server::handle(s.clone(), req));
+    tracing::info!(
+        public = %running.public, local = %running.local, admin = %running.admin,
+        app = %shared.config.app.url, "tether listening"
+    );
+    Ok(running)
+}
+
+fn spawn_listener<H, F>(shared: &Arc<Shared>, listener: TcpListener, handler: H)
+where
+    H: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = hyper::Response<Body>> + Send + 'static,
+{
+    let (cancel, tracker) = (shared.cancel.clone(), shared.tracker.clone());
+    shared
+        .tracker
+        .spawn(serve::serve(listener, handler, cancel, tracker, HTTP_DRAIN));
+}
+
+impl Running {
+    /// Stops accepting, ends every session (telling both peers), and waits up to `grace`.
+    pub async fn shutdown(self, grace: Duration) {
+        let shared = self.shared;
+        shared.draining.store(true, Ordering::Relaxed);
+        shared.cancel.cancel();
+        shared.tracker.close();
+        if tokio::time::timeout(grace, shared.tracker.wait()).await.is_err() {
+            tracing::warn!(?grace, "shutdown grace ran out with tasks still running");
+        }
+    }
+}

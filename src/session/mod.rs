@@ -1,0 +1,6 @@
+//! Sessions: the pure state machine ([`machine`]), the registry of live sessions and recent
+//! webhooks ([`registry`]), and the task that drives one session's two sockets ([`task`]).
+
+pub mod machine;
+pub mod registry;
+pub mod task;

@@ -1,0 +1,188 @@
+//! Sessions by id: the live ones (each a task, reachable through its handle) and the recent
+//! webhooks that announced them. Shared by the listeners, the admin API and the tasks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Webhook records kept for routing the SDK's HTTP calls; webhooks are unauthenticated, so
+/// the table is bounded and the oldest record goes first.
+pub const MAX_WEBHOOK_RECORDS: usize = 10_000;
+
+/// What a `session_request` told Tether about a session.
+#[derive(Debug, Clone)]
+pub struct WebhookRecord {
+    pub user_id: Option<String>,
+    pub cloud_id: String,
+    pub at: Instant,
+}
+
+/// Live figures of one session, written by its task and read by the admin API.
+#[derive(Debug)]
+pub struct SessionInfo {
+    pub id: String,
+    pub cloud: String,
+    pub started: Instant,
+    pub phase: watch::Sender<&'static str>,
+    pub frames_up: AtomicU64,
+    pub frames_down: AtomicU64,
+}
+
+/// The front of a running session task.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    pub info: Arc<SessionInfo>,
+    /// Cancelling ends the task (shutdown, or a newer connection supersedes it).
+    pub cancel: CancellationToken,
+    /// Becomes `true` when the task has closed its sockets.
+    pub done: watch::Receiver<bool>,
+}
+
+/// One row of `/sessions`. Never carries the API key.
+#[derive(Debug, Serialize)]
+pub struct SessionRow {
+    pub session_id: String,
+    pub user_id: Option<String>,
+    pub state: &'static str,
+    pub cloud: String,
+    pub age_ms: u64,
+    pub frames_up: u64,
+    pub frames_down: u64,
+}
+
+/// Sessions by id.
+#[derive(Debug, Default)]
+pub struct Registry {
+    live: Mutex<HashMap<String, SessionHandle>>,
+    webhooks: Mutex<HashMap<String, WebhookRecord>>,
+}
+
+impl Registry {
+    /// Records a webhook for `session_id`, evicting the oldest record when full.
+    pub fn note_webhook(&self, session_id: &str, record: WebhookRecord) {
+        let mut table = lock(&self.webhooks);
+        if table.len() >= MAX_WEBHOOK_RECORDS && !table.contains_key(session_id) {
+            if let Some(oldest) = table.iter().min_by_key(|(_, r)| r.at).map(|(k, _)| k.clone()) {
+                table.remove(&oldest);
+            }
+        }
+        table.insert(session_id.to_string(), record);
+    }
+
+    /// The webhook record of `session_id`.
+    pub fn webhook(&self, session_id: &str) -> Option<WebhookRecord> {
+        lock(&self.webhooks).get(session_id).cloned()
+    }
+
+    /// Installs `handle` as the live task of its session; returns the one it replaces.
+    pub fn insert(&self, handle: SessionHandle) -> Option<SessionHandle> {
+        lock(&self.live).insert(handle.info.id.clone(), handle)
+    }
+
+    /// Removes the live task of `id` if it is still `info`'s.
+    pub fn remove(&self, info: &Arc<SessionInfo>) {
+        let mut live = lock(&self.live);
+        if live.get(&info.id).is_some_and(|h| Arc::ptr_eq(&h.info, info)) {
+            live.remove(&info.id);
+        }
+    }
+
+    /// Handles of every live session.
+    pub fn handles(&self) -> Vec<SessionHandle> {
+        lock(&self.live).values().cloned().collect()
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        lock(&self.live).len()
+    }
+
+    /// Whether no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Rows for `/sessions`, sorted by id.
+    pub fn rows(&self, now: Instant) -> Vec<SessionRow> {
+        let handles = self.handles();
+        let mut rows: Vec<SessionRow> = handles
+            .iter()
+            .map(|h| {
+                let info = &h.info;
+                SessionRow {
+                    session_id: info.id.clone(),
+                    user_id: self.webhook(&info.id).and_then(|w| w.user_id),
+                    state: *info.phase.borrow(),
+                    cloud: info.cloud.clone(),
+                    age_ms: now.saturating_duration_since(info.started).as_millis() as u64,
+                    frames_up: info.frames_up.load(Ordering::Relaxed),
+                    frames_down: info.frames_down.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        rows
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave the maps half-updated (single inserts
+    // and removes), so a poisoned lock is still safe to use.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(id: &str) -> SessionHandle {
+        let (phase, _) = watch::channel("live");
+        let (_, done) = watch::channel(false);
+        SessionHandle {
+            info: Arc::new(SessionInfo {
+                id: id.into(),
+                cloud: "ws://c/".into(),
+                started: Instant::now(),
+                phase,
+                frames_up: AtomicU64::new(0),
+                frames_down: AtomicU64::new(0),
+            }),
+            cancel: CancellationToken::new(),
+            done,
+        }
+    }
+
+    #[test]
+    fn a_replaced_task_does_not_remove_its_successor() {
+        let r = Registry::default();
+        let old = handle("s");
+        assert!(r.insert(old.clone()).is_none());
+        let new = handle("s");
+        assert!(r.insert(new.clone()).is_some());
+        r.remove(&old.info);
+        assert_eq!(r.len(), 1);
+        r.remove(&new.info);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn webhook_records_are_bounded() {
+        let r = Registry::default();
+        let t0 = Instant::now();
+        for i in 0..=MAX_WEBHOOK_RECORDS {
+            let rec = WebhookRecord {
+                user_id: None,
+                cloud_id: "x".into(),
+                at: t0 + std::time::Duration::from_millis(i as u64),
+            };
+            r.note_webhook(&format!("s{i}"), rec);
+        }
+        assert!(r.webhook("s0").is_none(), "oldest evicted");
+        assert!(r.webhook(&format!("s{MAX_WEBHOOK_RECORDS}")).is_some());
+    }
+}

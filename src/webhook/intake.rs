@@ -1,0 +1,124 @@
+//! `POST /webhook` on the public listener. A `session_request` is recorded, its WebSocket
+//! URLs rewritten to Tether's local listener, and it is forwarded to the app, whose answer
+//! goes back to the cloud. Other types go to the app untouched. The cloud waits 10 s per
+//! attempt, so the app gets a little less (`app.webhook_timeout_ms`) and the cloud always
+//! hears back in time.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::{local_url, parse_session_request, WebhookError};
+use crate::downstream::proxy;
+use crate::runtime::Shared;
+use crate::serve::{full, json_error, Body};
+use crate::session::registry::WebhookRecord;
+
+/// Handles one webhook POST.
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let limit = shared.config.limits.max_webhook_body_bytes;
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            shared.metrics.webhook("unreadable", "rejected");
+            return json_error(StatusCode::PAYLOAD_TOO_LARGE, &format!("webhook body unreadable or over {limit} bytes: {e}"));
+        }
+    };
+    let parsed: Option<serde_json::Map<String, Value>> = match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
+    };
+    let Some(mut obj) = parsed else {
+        // Not ours to judge: the app answers malformed webhooks itself.
+        return relay(&shared, parts, bytes, "malformed").await;
+    };
+    match obj.get("type").and_then(Value::as_str) {
+        Some("session_request") => {}
+        Some("stop_request") => return relay(&shared, parts, bytes, "stop_request").await,
+        _ => return relay(&shared, parts, bytes, "other").await,
+    }
+    match rewrite(&shared, &mut obj) {
+        Ok(()) => {}
+        Err(e) => {
+            shared.metrics.webhook("session_request", "rejected");
+            tracing::warn!(error = %e, "session_request rejected");
+            return json_error(StatusCode::BAD_REQUEST, &e.to_string());
+        }
+    }
+    let body = Bytes::from(serde_json::to_vec(&Value::Object(obj)).unwrap_or_default());
+    relay(&shared, parts, body, "session_request").await
+}
+
+/// Records the session and points every WebSocket URL field at the local listener.
+fn rewrite(shared: &Shared, obj: &mut serde_json::Map<String, Value>) -> Result<(), RewriteError> {
+    let req = parse_session_request(obj)?;
+    let mut urls = req.urls.clone();
+    if urls.is_empty() {
+        // An era or emulator that names no URL: use the configured cloud, and fill both
+        // fields v2 SDKs read.
+        let url = shared.config.cloud.ws_url.clone().ok_or(RewriteError::NoCloud)?;
+        urls = vec![
+            ("augmentOSWebsocketUrl".to_string(), url.clone()),
+            ("mentraOSWebsocketUrl".to_string(), url),
+        ];
+    }
+    let mut cloud_id = String::new();
+    for (field, url) in &urls {
+        let id = shared.clouds.register(url).map_err(RewriteError::Cloud)?;
+        obj.insert(field.clone(), Value::String(local_url(&shared.local_advertise, &id, url)));
+        // The URL a v2 SDK will dial decides the session's cloud.
+        if cloud_id.is_empty() || field != "websocketUrl" {
+            cloud_id = id;
+        }
+    }
+    tracing::info!(session_id = %req.session_id, hop = "cloud", cloud = %cloud_id, "session_request");
+    shared.sessions.note_webhook(
+        &req.session_id,
+        WebhookRecord {
+            user_id: req.user_id,
+            cloud_id,
+            at: Instant::now(),
+        },
+    );
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RewriteError {
+    #[error(transparent)]
+    Parse(#[from] WebhookError),
+    #[error("session_request carries no WebSocket URL and cloud.ws_url is not configured")]
+    NoCloud,
+    #[error("{0}")]
+    Cloud(crate::upstream::clouds::CloudError),
+}
+
+/// Forwards a webhook body to the app's `/webhook` and relays its answer.
+async fn relay(shared: &Shared, parts: http::request::Parts, body: Bytes, ty: &'static str) -> Response<Body> {
+    let timeout = shared.config.app.webhook_timeout;
+    let mut req = Request::from_parts(parts, full(body));
+    req.headers_mut().remove(hyper::header::CONTENT_LENGTH);
+    let (resp, outcome) = match tokio::time::timeout(timeout, proxy::send_to_app(shared, req, None)).await {
+        Err(_) => (
+            json_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("app did not answer the webhook within {} ms", timeout.as_millis()),
+            ),
+            "timeout",
+        ),
+        Ok(Err(e)) => (json_error(StatusCode::BAD_GATEWAY, &format!("app unreachable: {e}")), "app_unreachable"),
+        Ok(Ok(resp)) if resp.status().is_success() => (resp, "forwarded"),
+        Ok(Ok(resp)) => (resp, "app_error"),
+    };
+    shared.metrics.webhook(ty, outcome);
+    if outcome != "forwarded" {
+        tracing::warn!(r#type = ty, outcome, status = resp.status().as_u16(), hop = "app", "webhook not accepted");
+    }
+    resp
+}
