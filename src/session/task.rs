@@ -125,6 +125,9 @@ impl Driver {
                     None => continue,
                 },
             };
+            if let Event::TooBig(dir) = &ev {
+                self.shared.metrics.oversized(*dir);
+            }
             work.extend(session.handle(ev, Instant::now()));
         }
         self.publish(phase, "ended");
