@@ -16,6 +16,8 @@ use tokio_util::task::TaskTracker;
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
 use crate::serve::{self, Body};
+use crate::downstream::health::AppHealth;
+use crate::session::buffer::GlobalBytes;
 use crate::session::registry::Registry;
 use crate::upstream::clouds::CloudTable;
 
@@ -33,6 +35,12 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// Set when shutdown starts; `/readyz` fails from then on.
     pub draining: AtomicBool,
+    /// The app server's health, probed in the background.
+    pub health: AppHealth,
+    /// Bytes buffered across every session.
+    pub buffers: Arc<GlobalBytes>,
+    /// Bounds webhooks re-sent to a restarted app at once.
+    pub refire_slots: tokio::sync::Semaphore,
 }
 
 /// Why Tether could not start.
@@ -96,8 +104,12 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         cancel: cancel.clone(),
         tracker: TaskTracker::new(),
         draining: AtomicBool::new(false),
+        health: AppHealth::default(),
+        buffers: GlobalBytes::new(config.buffer.global_max_bytes),
+        refire_slots: tokio::sync::Semaphore::new(config.session.refire_concurrency),
         config: Arc::new(config),
     });
+    shared.tracker.spawn(crate::downstream::health::run(shared.clone()));
     let addr_of = |l: &TcpListener| l.local_addr().ok();
     let running = Running {
         public: addr_of(&public).unwrap_or(shared.config.listen.public),

@@ -6,6 +6,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
@@ -39,6 +40,22 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    stream: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProxyLabels {
     route: &'static str,
     code: &'static str,
@@ -67,6 +84,16 @@ pub struct Metrics {
     cloud_connect_failures: Family<ReasonLabels, Counter>,
     session_ends: Family<ReasonLabels, Counter>,
     proxy_requests: Family<ProxyLabels, Counter>,
+    dropped: Family<DropLabels, Counter>,
+    recoveries: Family<OutcomeLabels, Counter>,
+    refires: Family<OutcomeLabels, Counter>,
+    app_disconnects: Family<CauseLabels, Counter>,
+    recovery_seconds: Histogram,
+    /// Frames and bytes buffered across sessions; set when scraped.
+    pub buffered_frames: Gauge,
+    pub buffered_bytes: Gauge,
+    /// 1 while the app server's health probe passes.
+    pub app_healthy: Gauge,
 }
 
 impl Default for Metrics {
@@ -134,7 +161,39 @@ impl Metrics {
             "HTTP requests reverse-proxied, by route class and status class",
             proxy_requests.clone(),
         );
+        let dropped = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "frames_dropped",
+            "Buffered frames given up, by stream class and reason",
+            dropped.clone(),
+        );
+        let recoveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register("recoveries", "App reconnections after a loss, by outcome", recoveries.clone());
+        let refires = Family::<OutcomeLabels, Counter>::default();
+        registry.register("webhook_refires", "Webhooks re-sent to a restarted app, by outcome", refires.clone());
+        let app_disconnects = Family::<CauseLabels, Counter>::default();
+        registry.register("app_disconnects", "App sockets lost while their session was held, by cause", app_disconnects.clone());
+        let recovery_seconds = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        registry.register(
+            "recovery_seconds",
+            "From the app being seen healthy again (or reconnecting) to its first replayed frame",
+            recovery_seconds.clone(),
+        );
+        let buffered_frames = Gauge::default();
+        registry.register("buffered_frames", "Frames buffered for apps that are away", buffered_frames.clone());
+        let buffered_bytes = Gauge::default();
+        registry.register("buffered_bytes", "Bytes buffered for apps that are away", buffered_bytes.clone());
+        let app_healthy = Gauge::default();
+        registry.register("app_healthy", "1 while the app server's health probe passes", app_healthy.clone());
         Metrics {
+            dropped,
+            recoveries,
+            refires,
+            app_disconnects,
+            recovery_seconds,
+            buffered_frames,
+            buffered_bytes,
+            app_healthy,
             registry,
             frames,
             bytes,
@@ -198,6 +257,29 @@ impl Metrics {
                 code: code_class(status),
             })
             .inc();
+    }
+
+    /// Counts a frame given up.
+    pub fn dropped(&self, stream: &'static str, reason: &'static str) {
+        self.dropped.get_or_create(&DropLabels { stream, reason }).inc();
+    }
+
+    /// Counts a recovery outcome, with its latency when it succeeded.
+    pub fn recovery(&self, outcome: &'static str, latency: Option<std::time::Duration>) {
+        self.recoveries.get_or_create(&OutcomeLabels { outcome }).inc();
+        if let Some(l) = latency {
+            self.recovery_seconds.observe(l.as_secs_f64());
+        }
+    }
+
+    /// Counts a re-sent webhook.
+    pub fn refire(&self, outcome: &'static str) {
+        self.refires.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Counts an app socket lost by a held session.
+    pub fn app_disconnect(&self, cause: &'static str) {
+        self.app_disconnects.get_or_create(&CauseLabels { cause }).inc();
     }
 
     /// The exposition text (OpenMetrics).

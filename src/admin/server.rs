@@ -22,6 +22,10 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
         "/livez" | "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => readyz(&shared, verbose),
         "/metrics" => {
+            let rows = shared.sessions.rows(Instant::now());
+            let frames: u64 = rows.iter().map(|r| r.buffered_frames).sum();
+            shared.metrics.buffered_frames.set(frames as i64);
+            shared.metrics.buffered_bytes.set(shared.buffers.used() as i64);
             let mut resp = Response::new(full(shared.metrics.encode()));
             resp.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,

@@ -72,7 +72,33 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    session: RawSession,
+    #[serde(default)]
+    buffer: RawBuffer,
+    #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSession {
+    hold_window_ms: Option<u64>,
+    intent_window_ms: Option<u64>,
+    replay_wait_ms: Option<u64>,
+    app_ping_interval_ms: Option<u64>,
+    app_ping_misses: Option<u32>,
+    probe_interval_ms: Option<u64>,
+    webhook_hold_ms: Option<u64>,
+    refire_concurrency: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuffer {
+    down_max_frames: Option<usize>,
+    down_max_bytes: Option<usize>,
+    down_max_age_ms: Option<u64>,
+    global_max_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,6 +153,8 @@ pub struct Config {
     pub app: AppConfig,
     pub cloud: CloudConfig,
     pub limits: Limits,
+    pub session: SessionConfig,
+    pub buffer: BufferConfig,
     pub log: LogConfig,
 }
 
@@ -173,6 +201,35 @@ pub struct Limits {
     pub init_timeout: Duration,
     /// Distinct cloud origins remembered from webhooks (webhooks are unauthenticated).
     pub max_clouds: usize,
+}
+
+/// How sessions are held while the app is away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// How long a session is held for an app that is away (max 300 s, Kubernetes' restart back-off cap).
+    pub hold_window: Duration,
+    /// How long an app that closed a session cleanly while healthy has to come back.
+    pub intent_window: Duration,
+    /// How long a replay waits for the restarted app to re-subscribe.
+    pub replay_wait: Duration,
+    pub app_ping_interval: Duration,
+    pub app_ping_misses: u32,
+    /// App health probe period while any session is held.
+    pub probe_interval: Duration,
+    /// How long a new `session_request` waits for an app that is down (below the cloud's 10 s).
+    pub webhook_hold: Duration,
+    /// Webhooks re-sent to a restarted app at once.
+    pub refire_concurrency: usize,
+}
+
+/// Bounds of the buffers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferConfig {
+    pub down_max_frames: usize,
+    pub down_max_bytes: usize,
+    pub down_max_age: Duration,
+    /// Across every session.
+    pub global_max_bytes: usize,
 }
 
 /// Logging.
@@ -361,6 +418,24 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
         init_timeout: millis("limits.init_timeout_ms", raw.limits.init_timeout_ms, 10_000, 120_000)?,
         max_clouds: raw.limits.max_clouds.unwrap_or(64).max(1),
     };
+    let rs = raw.session;
+    let session = SessionConfig {
+        hold_window: millis("session.hold_window_ms", rs.hold_window_ms, 60_000, 300_000)?,
+        intent_window: millis("session.intent_window_ms", rs.intent_window_ms, 2_000, 60_000)?,
+        replay_wait: millis("session.replay_wait_ms", rs.replay_wait_ms, 1_000, 30_000)?,
+        app_ping_interval: millis("session.app_ping_interval_ms", rs.app_ping_interval_ms, 5_000, 60_000)?,
+        app_ping_misses: rs.app_ping_misses.unwrap_or(3).max(1),
+        probe_interval: millis("session.probe_interval_ms", rs.probe_interval_ms, 100, 5_000)?,
+        webhook_hold: millis("session.webhook_hold_ms", rs.webhook_hold_ms, 8_000, 9_500)?,
+        refire_concurrency: rs.refire_concurrency.unwrap_or(16).max(1),
+    };
+    let rb = raw.buffer;
+    let buffer = BufferConfig {
+        down_max_frames: rb.down_max_frames.unwrap_or(1_000).max(1),
+        down_max_bytes: rb.down_max_bytes.unwrap_or(1 << 20).max(1024),
+        down_max_age: millis("buffer.down_max_age_ms", rb.down_max_age_ms, 60_000, 600_000)?,
+        global_max_bytes: rb.global_max_bytes.unwrap_or(64 << 20).max(1024),
+    };
     let log = LogConfig {
         level: raw.log.level.unwrap_or_else(|| "info".into()),
         format: raw.log.format.unwrap_or(LogFormat::Auto),
@@ -370,6 +445,8 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
         app,
         cloud,
         limits,
+        session,
+        buffer,
         log,
     })
 }

@@ -15,11 +15,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use url::Url;
 
-use crate::protocol::{now_iso8601, ConnectionError, ConnectionInit, CLOSE_POLICY};
+use crate::protocol::ConnectionInit;
 use crate::runtime::Shared;
 use crate::serve::{is_upgrade, json_error, relay, strip_hop_headers, Body};
 use crate::session::machine::{Frame, UrlMap};
-use crate::session::task::{self, AppSocket, Spawn};
+use crate::session::task::{self, AppSocket, Command, Spawn};
+use tokio::sync::mpsc;
 use crate::upstream::{clouds, connect, http};
 
 /// WebSocket paths of the app endpoint across cloud eras (PROTOCOL §4).
@@ -154,11 +155,11 @@ async fn on_app_socket(shared: Arc<Shared>, mut sock: AppSocket, target: Target)
     let text = match first {
         Ok(Some(Ok(Message::Text(t)))) => t,
         Ok(Some(Ok(_))) => {
-            reject(sock, "MALFORMED_MESSAGE", "expected tpa_connection_init as the first frame").await;
+            task::reject(sock, "MALFORMED_MESSAGE", "expected tpa_connection_init as the first frame").await;
             return;
         }
         Err(_) => {
-            reject(sock, "MALFORMED_MESSAGE", "no tpa_connection_init within the init timeout").await;
+            task::reject(sock, "MALFORMED_MESSAGE", "no tpa_connection_init within the init timeout").await;
             return;
         }
         Ok(_) => return,
@@ -171,8 +172,19 @@ async fn on_app_socket(shared: Arc<Shared>, mut sock: AppSocket, target: Target)
         _ => format!("conn-{}", rand::random::<u64>()),
     };
     let Some(cloud_url) = clouds::join(&target.origin, &target.path_and_query, false) else {
-        reject(sock, "SESSION_NOT_FOUND", "cannot build the cloud URL").await;
+        task::reject(sock, "SESSION_NOT_FOUND", "cannot build the cloud URL").await;
         return;
+    };
+    let init = Frame::Text(text);
+    // A session Tether is holding (or relaying) takes the new socket: the app restarted or
+    // its SDK reconnected, and the task answers the init from its cache.
+    let sock = match shared.sessions.get(&session_id) {
+        Some(handle) => match handle.mailbox.send(Command::Attach(Box::new(sock), init.clone())).await {
+            Ok(()) => return,
+            Err(mpsc::error::SendError(Command::Attach(sock, _))) => *sock,
+            Err(_) => return,
+        },
+        None => sock,
     };
     let urls = url_map(&shared, &target);
     tracing::info!(session_id = %session_id, hop = "app", "app connected");
@@ -181,7 +193,7 @@ async fn on_app_socket(shared: Arc<Shared>, mut sock: AppSocket, target: Target)
         Spawn {
             session_id,
             app: sock,
-            init: Frame::Text(text),
+            init,
             cloud_url,
             urls,
         },
@@ -202,16 +214,4 @@ fn url_map(shared: &Shared, target: &Target) -> UrlMap {
         local_prefixes: vec![format!("https://{prefix}"), format!("http://{prefix}")],
         cloud_base,
     }
-}
-
-async fn reject(mut sock: AppSocket, code: &str, message: &str) {
-    use futures_util::SinkExt;
-    tracing::warn!(hop = "app", code, message, "app connection rejected");
-    let frame = ConnectionError::frame(code, message, now_iso8601());
-    let _ = sock.send(Message::Text(frame.into())).await;
-    let close = tokio_tungstenite::tungstenite::protocol::CloseFrame {
-        code: CLOSE_POLICY.into(),
-        reason: message.chars().take(120).collect::<String>().into(),
-    };
-    let _ = sock.close(Some(close)).await;
 }

@@ -2,20 +2,44 @@
 //! the I/O its driver ([`super::task`]) must perform, in order. It never reads a clock or a
 //! socket, so every transition is unit-tested with explicit instants.
 //!
-//! States (DESIGN §2): `Starting` (the app's init is held until the cloud socket is up),
-//! `Live` (frames relayed both ways in order), `Ended`.
+//! A session has an app link and a cloud link (DESIGN §2):
+//! - app link `Up` (relaying), `Down` (the app is gone: cloud frames are buffered, the
+//!   webhook is re-sent once the app is healthy again), `Replaying` (a new app socket was
+//!   answered from the cache; the buffer is held until the app has re-subscribed, then
+//!   flushed in order before any live frame);
+//! - cloud link `Dialing` (the app's first init is held until the socket is up) or `Up`.
+//!
+//! Delivery acks: after frames go to the app, the machine sends a WebSocket ping carrying
+//! the count of frames sent. The app's WebSocket library answers it only after it has
+//! processed every frame before it, so a pong proves delivery. Frames without that proof
+//! when the app dies are replayed to its successor: nothing the app never processed is
+//! lost, and nothing it did process is sent twice.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::buffer::{Dropped, Entry, GlobalBytes, Limits, ReplayBuffer};
+use super::cache::{AckCache, InitAuth, SubSet};
 use crate::protocol::{Direction, Kind, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_TOO_BIG};
 
 /// Frames the app may send before the cloud socket is up; the SDK sends none (it waits for
 /// the ack), so this only bounds a misbehaving client.
 pub const MAX_PENDING_UP: usize = 256;
+
+/// Frames sent to the app and not yet proven delivered; past this the oldest lose their
+/// replay guarantee (an app library that never answers pings).
+pub const MAX_UNACKED: usize = 4096;
+
+/// How long after an abrupt loss, with the app still healthy, Tether waits for the SDK to
+/// reconnect by itself (it retries after 1 s) before re-sending the webhook.
+pub const RECONNECT_GRACE: Duration = Duration::from_millis(1500);
+
+/// Pause before re-sending a webhook the app did not take.
+pub const REFIRE_RETRY: Duration = Duration::from_millis(500);
 
 /// One WebSocket data frame. Text stays as received (no re-encoding).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,43 +88,102 @@ impl Close {
     }
 }
 
+/// Timing and bounds of one session.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a session is held for an app that is away before it ends.
+    pub hold_window: Duration,
+    /// How long an app that closed its socket cleanly while healthy has to come back before
+    /// the close is taken as meant.
+    pub intent_window: Duration,
+    /// How long a replay waits for the app to re-subscribe before flushing anyway.
+    pub replay_wait: Duration,
+    /// Keep-alive ping to the app, and misses before it counts as hung.
+    pub app_ping_interval: Duration,
+    pub app_ping_misses: u32,
+    /// Bounds of the cloud->app buffer.
+    pub down_buffer: Limits,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            hold_window: Duration::from_secs(60),
+            intent_window: Duration::from_secs(2),
+            replay_wait: Duration::from_secs(1),
+            app_ping_interval: Duration::from_secs(5),
+            app_ping_misses: 3,
+            down_buffer: Limits {
+                max_frames: 1000,
+                max_bytes: 1 << 20,
+                max_age: Duration::from_secs(60),
+            },
+        }
+    }
+}
+
 /// What happened.
 #[derive(Debug)]
 pub enum Event {
     /// A data frame from the app.
     AppFrame(Frame),
+    /// A pong from the app, with its payload.
+    AppPong(Bytes),
+    /// The app sent a close frame.
+    AppClosed(Option<Close>),
+    /// The app socket ended without a close frame, or failed.
+    AppLost,
+    /// A new app socket sent this init for this session.
+    AppAttach(Frame),
+    /// The app server's health probe result.
+    AppHealth(bool),
+    /// The webhook re-sent to the app was answered (`true` = 2xx).
+    RefireDone(bool),
+    /// The cloud sent `stop_request` for this session.
+    StopRequested,
     /// A data frame from the cloud.
     CloudFrame(Frame),
     /// The cloud socket is open.
     CloudConnected,
     /// Dialling the cloud failed.
-    CloudDialFailed { reason: &'static str },
+    CloudDialFailed,
     /// The cloud sent a close frame.
     CloudClosed(Option<Close>),
     /// The cloud socket ended without a close frame, or failed.
     CloudLost,
-    /// The app sent a close frame.
-    AppClosed(Option<Close>),
-    /// The app socket ended without a close frame, or failed.
-    AppLost,
     /// A peer sent a frame over the size limit; `Up` means the app did.
     TooBig(Direction),
-    /// Tether is shutting down, or a newer connection for the same session superseded this one.
+    /// A deadline from [`Session::next_deadline`] passed.
+    Tick,
+    /// Tether is shutting down.
     Shutdown,
 }
 
-/// I/O for the driver.
+/// I/O and reports for the driver.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
     DialCloud,
     SendCloud(Frame, Kind),
     SendApp(Frame, Kind),
+    /// WebSocket ping to the app with this payload.
+    PingApp(Bytes),
     CloseApp(Option<Close>),
     CloseCloud(Option<Close>),
     /// Drop the app socket without a close frame (the app sees 1006, as it would have).
     AbortApp,
     /// Drop the cloud socket without a close frame.
     AbortCloud,
+    /// Adopt the socket that sent the last `AppAttach` (dropping any previous one).
+    AcceptApp,
+    /// Refuse that socket: `tpa_connection_error` with this code and message, then 1008.
+    RejectApp { code: &'static str, message: &'static str },
+    /// POST the session's webhook to the app again.
+    RefireWebhook,
+    /// A frame was given up (metrics).
+    Dropped(Dropped),
+    /// The app came back and the buffer was flushed: `latency` from the app being seen
+    /// healthy (or reconnecting) to the first replayed frame.
+    Recovered { replayed: usize, latency: Duration },
 }
 
 /// Why a session ended (a bounded metric label).
@@ -111,6 +194,7 @@ pub enum EndReason {
     CloudUnreachable,
     AppClosed,
     AppLost,
+    HoldExpired,
     Oversized,
     Shutdown,
 }
@@ -124,18 +208,71 @@ impl EndReason {
             EndReason::CloudUnreachable => "cloud_unreachable",
             EndReason::AppClosed => "app_closed",
             EndReason::AppLost => "app_lost",
+            EndReason::HoldExpired => "hold_expired",
             EndReason::Oversized => "oversized",
             EndReason::Shutdown => "shutdown",
         }
     }
 }
 
-/// The session's state; each carries its own data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refire {
+    Idle,
+    InFlight,
+    At(Instant),
+}
+
 #[derive(Debug)]
-pub enum State {
-    Starting { since: Instant, pending: VecDeque<Frame> },
-    Live { since: Instant },
-    Ended { reason: EndReason },
+enum AppLink {
+    Up {
+        last_seen: Instant,
+        next_ping: Instant,
+    },
+    Down {
+        since: Instant,
+        /// The app server was seen unhealthy since the loss: a crash or restart.
+        crashed: bool,
+        /// The app's close frame when it closed cleanly (`Some(None)` = no status code).
+        close: Option<Option<Close>>,
+        /// When the app was seen healthy again after a crash.
+        healthy_at: Option<Instant>,
+        refire: Refire,
+    },
+    Replaying {
+        flush_at: Instant,
+        saw_empty: bool,
+        since: Instant,
+    },
+}
+
+#[derive(Debug)]
+enum CloudLink {
+    Dialing { pending: VecDeque<Frame> },
+    Up,
+}
+
+/// One session's protocol state.
+#[derive(Debug)]
+pub struct Session {
+    settings: Settings,
+    app: AppLink,
+    cloud: CloudLink,
+    ended: Option<EndReason>,
+    init: Frame,
+    auth: Option<InitAuth>,
+    cache: AckCache,
+    /// The set the cloud holds (the last `subscription_update` sent up).
+    cloud_subs: Option<SubSet>,
+    buffer: ReplayBuffer,
+    /// Frames sent to the app, not yet covered by a pong: (sequence number, entry).
+    unacked: VecDeque<(u64, Entry)>,
+    sent: u64,
+    ping_outstanding: Option<u64>,
+    pong_seen: bool,
+    app_healthy: bool,
+    stopping: bool,
+    terminal: bool,
+    urls: UrlMap,
 }
 
 /// Rewrites URLs the app built on Tether's local base back to the cloud's base.
@@ -156,108 +293,154 @@ impl UrlMap {
     }
 }
 
-/// One session's protocol state.
-#[derive(Debug)]
-pub struct Session {
-    state: State,
-    init: Frame,
-    ack: Option<Frame>,
-    urls: UrlMap,
-    frames_up: u64,
-    frames_down: u64,
-}
-
 impl Session {
     /// A session whose app has sent `init`; the first action dials the cloud.
-    pub fn start(init: Frame, urls: UrlMap, now: Instant) -> (Session, Vec<Action>) {
+    pub fn start(init: Frame, urls: UrlMap, settings: Settings, global: std::sync::Arc<GlobalBytes>, now: Instant) -> (Session, Vec<Action>) {
+        let buffer = ReplayBuffer::new(settings.down_buffer, global);
         let s = Session {
-            state: State::Starting {
-                since: now,
-                pending: VecDeque::new(),
+            app: AppLink::Up {
+                last_seen: now,
+                next_ping: now + settings.app_ping_interval,
             },
+            cloud: CloudLink::Dialing { pending: VecDeque::new() },
+            ended: None,
+            auth: InitAuth::of(&init),
             init,
-            ack: None,
+            cache: AckCache::default(),
+            cloud_subs: None,
+            buffer,
+            unacked: VecDeque::new(),
+            sent: 0,
+            ping_outstanding: None,
+            pong_seen: false,
+            app_healthy: true,
+            stopping: false,
+            terminal: false,
             urls,
-            frames_up: 0,
-            frames_down: 0,
+            settings,
         };
         (s, vec![Action::DialCloud])
     }
 
     /// Applies one event; returns the I/O to perform, in order.
     pub fn handle(&mut self, ev: Event, now: Instant) -> Vec<Action> {
-        if matches!(self.state, State::Ended { .. }) {
+        if self.ended.is_some() {
             return Vec::new();
         }
+        let mut out = Vec::new();
         match ev {
-            Event::CloudConnected => self.on_cloud_connected(now),
-            Event::CloudDialFailed { .. } => self.end(
-                EndReason::CloudUnreachable,
-                vec![Action::CloseApp(Some(Close::new(CLOSE_INTERNAL, "Cloud unreachable")))],
-            ),
-            Event::AppFrame(frame) => self.on_app_frame(frame),
-            Event::CloudFrame(frame) => self.on_cloud_frame(frame),
-            Event::CloudClosed(close) => self.end(EndReason::CloudClosed, vec![Action::CloseApp(close)]),
-            Event::CloudLost => self.end(EndReason::CloudLost, vec![Action::AbortApp]),
-            Event::AppClosed(close) => self.end(EndReason::AppClosed, vec![Action::CloseCloud(close)]),
-            Event::AppLost => self.end(EndReason::AppLost, vec![Action::AbortCloud]),
+            Event::CloudConnected => self.on_cloud_connected(&mut out),
+            Event::CloudDialFailed => {
+                let close = Close::new(CLOSE_INTERNAL, "Cloud unreachable");
+                self.end(EndReason::CloudUnreachable, Some(Some(close)), None, &mut out);
+            }
+            Event::AppFrame(frame) => self.on_app_frame(frame, now, &mut out),
+            Event::AppPong(payload) => self.on_pong(&payload, now, &mut out),
+            Event::CloudFrame(frame) => self.on_cloud_frame(frame, now, &mut out),
+            // Passed to the app exactly: the SDK decides on the code and reason (§11.2).
+            Event::CloudClosed(close) => self.end(EndReason::CloudClosed, Some(close), None, &mut out),
+            Event::CloudLost => {
+                if self.app_is_connected() {
+                    out.push(Action::AbortApp);
+                }
+                self.end(EndReason::CloudLost, None, None, &mut out);
+            }
+            Event::AppClosed(close) => self.on_app_gone(Some(close), now, &mut out),
+            Event::AppLost => self.on_app_gone(None, now, &mut out),
+            Event::AppAttach(init) => self.on_attach(init, now, &mut out),
+            Event::AppHealth(healthy) => self.on_health(healthy, now, &mut out),
+            Event::RefireDone(ok) => {
+                if let AppLink::Down { refire, .. } = &mut self.app {
+                    // A 2xx means the app took the session; it connects before answering,
+                    // so if it has not, try again shortly.
+                    let pause = if ok { REFIRE_RETRY * 2 } else { REFIRE_RETRY };
+                    *refire = Refire::At(now + pause);
+                }
+            }
+            Event::StopRequested => self.stopping = true,
             Event::TooBig(_) => {
                 let close = Close::new(CLOSE_TOO_BIG, "Message too big");
-                self.end(
-                    EndReason::Oversized,
-                    vec![Action::CloseApp(Some(close.clone())), Action::CloseCloud(Some(close))],
-                )
+                self.end(EndReason::Oversized, Some(Some(close.clone())), Some(Some(close)), &mut out);
             }
-            Event::Shutdown => self.end(
-                EndReason::Shutdown,
-                vec![
-                    Action::CloseCloud(Some(Close::new(CLOSE_GOING_AWAY, "Tether shutting down"))),
-                    // 1012 (service restart) lets the SDK reconnect to a restarted Tether.
-                    Action::CloseApp(Some(Close::new(1012, "Tether restarting"))),
-                ],
-            ),
+            Event::Tick => self.on_tick(now, &mut out),
+            Event::Shutdown => {
+                let to_cloud = Close::new(CLOSE_GOING_AWAY, "Tether shutting down");
+                // 1012 (service restart) lets the SDK reconnect to a restarted Tether.
+                let to_app = Close::new(1012, "Tether restarting");
+                self.end(EndReason::Shutdown, Some(Some(to_app)), Some(Some(to_cloud)), &mut out);
+            }
         }
+        out
     }
 
-    fn on_cloud_connected(&mut self, now: Instant) -> Vec<Action> {
-        let State::Starting { pending, .. } = &mut self.state else {
-            return Vec::new();
-        };
+    fn app_is_connected(&self) -> bool {
+        matches!(self.app, AppLink::Up { .. } | AppLink::Replaying { .. })
+    }
+
+    fn on_cloud_connected(&mut self, out: &mut Vec<Action>) {
+        let CloudLink::Dialing { pending } = &mut self.cloud else { return };
         let pending = std::mem::take(pending);
-        let mut actions = Vec::with_capacity(pending.len() + 1);
-        actions.push(Action::SendCloud(self.init.clone(), Kind::ConnectionInit));
+        self.cloud = CloudLink::Up;
+        out.push(Action::SendCloud(self.init.clone(), Kind::ConnectionInit));
         for frame in pending {
-            actions.push(self.up(frame));
+            self.up(frame, out);
         }
-        self.state = State::Live { since: now };
-        actions
     }
 
-    fn on_app_frame(&mut self, frame: Frame) -> Vec<Action> {
-        match &mut self.state {
-            State::Starting { pending, .. } => {
-                if pending.len() >= MAX_PENDING_UP {
-                    return self.end(
-                        EndReason::Oversized,
-                        vec![Action::CloseApp(Some(Close::new(CLOSE_TOO_BIG, "Too many frames before ack")))],
-                    );
-                }
+    fn on_app_frame(&mut self, frame: Frame, now: Instant, out: &mut Vec<Action>) {
+        match &mut self.app {
+            AppLink::Up { last_seen, .. } => *last_seen = now,
+            AppLink::Replaying { .. } => {}
+            AppLink::Down { .. } => return,
+        }
+        if let CloudLink::Dialing { pending } = &mut self.cloud {
+            if pending.len() >= MAX_PENDING_UP {
+                let close = Close::new(CLOSE_TOO_BIG, "Too many frames before ack");
+                self.end(EndReason::Oversized, Some(Some(close)), None, out);
+            } else {
                 pending.push_back(frame);
-                Vec::new()
             }
-            State::Live { .. } => vec![self.up(frame)],
-            State::Ended { .. } => Vec::new(),
+            return;
+        }
+        if frame.kind() == Kind::SubscriptionUpdate {
+            self.on_subscriptions(frame, now, out);
+        } else {
+            self.up(frame, out);
         }
     }
 
-    fn up(&mut self, frame: Frame) -> Action {
-        self.frames_up += 1;
+    /// A `subscription_update` is a full replacement (§6). Only a real change goes up; after
+    /// a local re-init the SDK's first, empty list is not forwarded (it would wipe the set
+    /// the cloud holds); and the held buffer is flushed once the app's handlers cover what
+    /// the cloud was sending.
+    fn on_subscriptions(&mut self, frame: Frame, now: Instant, out: &mut Vec<Action>) {
+        let Some(set) = SubSet::of(&frame) else {
+            self.up(frame, out);
+            return;
+        };
+        let before = self.cloud_subs.clone();
+        if let AppLink::Replaying { saw_empty, .. } = &mut self.app {
+            if set.is_empty() && !*saw_empty {
+                *saw_empty = true;
+                return;
+            }
+        }
+        if before.as_ref() != Some(&set) {
+            self.cloud_subs = Some(set.clone());
+            self.up(frame, out);
+        }
+        if matches!(self.app, AppLink::Replaying { .. }) && before.is_none_or(|b| set.covers(&b)) {
+            self.flush(now, out);
+        }
+    }
+
+    fn up(&mut self, frame: Frame, out: &mut Vec<Action>) {
         let kind = frame.kind();
         let frame = match (&frame, kind) {
             (Frame::Text(text), Kind::AudioPlayRequest) => self.rewrite_audio_url(text.as_str()).unwrap_or(frame),
             _ => frame,
         };
-        Action::SendCloud(frame, kind)
+        out.push(Action::SendCloud(frame, kind));
     }
 
     /// `audio_play_request.audioUrl` built on the local base (`speak()`) must point at the
@@ -270,146 +453,341 @@ impl Session {
         serde_json::to_string(&value).ok().map(|t| Frame::Text(t.into()))
     }
 
-    fn on_cloud_frame(&mut self, frame: Frame) -> Vec<Action> {
-        self.frames_down += 1;
+    fn on_cloud_frame(&mut self, frame: Frame, now: Instant, out: &mut Vec<Action>) {
         let kind = frame.kind();
-        if kind == Kind::ConnectionAck {
-            self.ack = Some(frame.clone());
+        self.cache.fold(kind, &frame);
+        if kind == Kind::AppStopped {
+            self.terminal = true;
         }
-        vec![Action::SendApp(frame, kind)]
+        if matches!(self.app, AppLink::Up { .. }) {
+            self.send_app(frame, kind, now, out);
+            self.ping_if_idle(out);
+        } else {
+            self.buffer_down(frame, kind, now, out);
+        }
     }
 
-    fn end(&mut self, reason: EndReason, actions: Vec<Action>) -> Vec<Action> {
-        self.state = State::Ended { reason };
-        actions
+    fn buffer_down(&mut self, frame: Frame, kind: Kind, now: Instant, out: &mut Vec<Action>) {
+        out.extend(self.buffer.push(frame, kind, now).into_iter().map(Action::Dropped));
+    }
+
+    fn send_app(&mut self, frame: Frame, kind: Kind, now: Instant, out: &mut Vec<Action>) {
+        self.sent += 1;
+        if self.unacked.len() >= MAX_UNACKED {
+            self.unacked.pop_front();
+        }
+        let (stream, class) = super::buffer::classify(&frame, kind);
+        let entry = Entry {
+            frame: frame.clone(),
+            kind,
+            stream,
+            class,
+            at: now,
+        };
+        self.unacked.push_back((self.sent, entry));
+        out.push(Action::SendApp(frame, kind));
+    }
+
+    /// One ping in flight at a time, carrying the count of frames sent before it.
+    fn ping_if_idle(&mut self, out: &mut Vec<Action>) {
+        if self.ping_outstanding.is_none() && !self.unacked.is_empty() {
+            self.ping_outstanding = Some(self.sent);
+            out.push(Action::PingApp(Bytes::copy_from_slice(&self.sent.to_be_bytes())));
+        }
+    }
+
+    fn on_pong(&mut self, payload: &[u8], now: Instant, out: &mut Vec<Action>) {
+        if let AppLink::Up { last_seen, .. } = &mut self.app {
+            *last_seen = now;
+        }
+        self.pong_seen = true;
+        let Ok(bytes) = <[u8; 8]>::try_from(payload) else { return };
+        let acked = u64::from_be_bytes(bytes);
+        if self.ping_outstanding != Some(acked) {
+            return;
+        }
+        self.ping_outstanding = None;
+        while self.unacked.front().is_some_and(|(seq, _)| *seq <= acked) {
+            self.unacked.pop_front();
+        }
+        if matches!(self.app, AppLink::Up { .. }) {
+            self.ping_if_idle(out);
+        }
+    }
+
+    /// The app socket closed (`Some(close)`) or was lost (`None`).
+    fn on_app_gone(&mut self, close: Option<Option<Close>>, now: Instant, out: &mut Vec<Action>) {
+        if matches!(self.app, AppLink::Down { .. }) {
+            return;
+        }
+        let has_ack = self.cache.has_ack();
+        if self.stopping || self.terminal || !has_ack {
+            // Meant (a stop is under way), or nothing cached to answer a new init with:
+            // behave as the direct connection would have.
+            match close {
+                Some(c) => self.end(EndReason::AppClosed, None, Some(c), out),
+                None => {
+                    out.push(Action::AbortCloud);
+                    self.end(EndReason::AppLost, None, None, out);
+                }
+            }
+            return;
+        }
+        out.push(Action::AbortApp);
+        self.requeue_unacked();
+        self.app = AppLink::Down {
+            since: now,
+            crashed: !self.app_healthy,
+            close,
+            healthy_at: None,
+            refire: Refire::Idle,
+        };
+    }
+
+    /// Frames without a delivery proof go back to the front of the buffer, in order. The
+    /// handshake is not among them: the next socket gets its own answer.
+    fn requeue_unacked(&mut self) {
+        let unacked: Vec<Entry> = self
+            .unacked
+            .drain(..)
+            .map(|(_, e)| e)
+            .filter(|e| e.kind != Kind::ConnectionAck)
+            .collect();
+        self.buffer.prepend(unacked);
+        self.ping_outstanding = None;
+    }
+
+    fn on_health(&mut self, healthy: bool, now: Instant, out: &mut Vec<Action>) {
+        self.app_healthy = healthy;
+        let AppLink::Down {
+            crashed,
+            healthy_at,
+            refire,
+            ..
+        } = &mut self.app
+        else {
+            return;
+        };
+        if !healthy {
+            *crashed = true;
+            *healthy_at = None;
+        } else if *crashed && *refire == Refire::Idle {
+            *healthy_at = Some(now);
+            *refire = Refire::InFlight;
+            out.push(Action::RefireWebhook);
+        }
+    }
+
+    fn on_attach(&mut self, init: Frame, now: Instant, out: &mut Vec<Action>) {
+        let auth = InitAuth::of(&init);
+        if let (Some(cached), Some(new)) = (&self.auth, &auth) {
+            if cached != new {
+                out.push(Action::RejectApp {
+                    code: "INVALID_API_KEY",
+                    message: "Invalid API key",
+                });
+                return;
+            }
+        }
+        out.push(Action::AcceptApp);
+        if !self.cache.has_ack() {
+            // The first handshake is still in flight: the cloud answers this init itself.
+            self.init = init.clone();
+            self.app = AppLink::Up {
+                last_seen: now,
+                next_ping: now + self.settings.app_ping_interval,
+            };
+            if matches!(self.cloud, CloudLink::Up) {
+                out.push(Action::SendCloud(init, Kind::ConnectionInit));
+            }
+            return;
+        }
+        let since = match &self.app {
+            AppLink::Down { healthy_at, since, .. } => healthy_at.unwrap_or(*since).max(*since),
+            _ => now,
+        };
+        if matches!(self.app, AppLink::Up { .. }) {
+            // The SDK replaced a socket Tether still thought alive: its unproven frames go again.
+            self.requeue_unacked();
+        }
+        for (frame, kind) in self.cache.replay(&crate::protocol::now_iso8601()) {
+            out.push(Action::SendApp(frame, kind));
+        }
+        self.app = AppLink::Replaying {
+            flush_at: now + self.settings.replay_wait,
+            saw_empty: false,
+            since,
+        };
+        if self.cloud_subs.as_ref().is_none_or(SubSet::is_empty) {
+            self.flush(now, out);
+        }
+    }
+
+    fn flush(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let AppLink::Replaying { since, .. } = self.app else { return };
+        self.app = AppLink::Up {
+            last_seen: now,
+            next_ping: now + self.settings.app_ping_interval,
+        };
+        let entries = self.buffer.drain();
+        let replayed = entries.len();
+        for e in entries {
+            self.send_app(e.frame, e.kind, now, out);
+        }
+        self.ping_if_idle(out);
+        out.push(Action::Recovered {
+            replayed,
+            latency: now.saturating_duration_since(since),
+        });
+    }
+
+    fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        out.extend(self.buffer.expire(now).into_iter().map(Action::Dropped));
+        match self.app {
+            AppLink::Up { last_seen, next_ping } => {
+                let patience = self.settings.app_ping_interval * self.settings.app_ping_misses;
+                if self.pong_seen && now.saturating_duration_since(last_seen) >= patience {
+                    // Hung: the socket is open but nothing, not even a pong, comes back.
+                    self.app_healthy = false;
+                    self.on_app_gone(None, now, out);
+                } else if now >= next_ping {
+                    self.app = AppLink::Up {
+                        last_seen,
+                        next_ping: now + self.settings.app_ping_interval,
+                    };
+                    if self.ping_outstanding.is_none() {
+                        self.ping_outstanding = Some(self.sent);
+                        out.push(Action::PingApp(Bytes::copy_from_slice(&self.sent.to_be_bytes())));
+                    }
+                }
+            }
+            AppLink::Replaying { flush_at, .. } => {
+                if now >= flush_at {
+                    self.flush(now, out);
+                }
+            }
+            AppLink::Down {
+                since,
+                crashed,
+                ref close,
+                refire,
+                ..
+            } => {
+                if now >= since + self.settings.hold_window {
+                    let close = Close::new(CLOSE_GOING_AWAY, "App unavailable");
+                    self.end(EndReason::HoldExpired, None, Some(Some(close)), out);
+                    return;
+                }
+                if let (Some(c), false) = (close, crashed) {
+                    if now >= since + self.settings.intent_window {
+                        // Closed cleanly by a healthy app that did not come back: meant.
+                        let c = c.clone();
+                        self.end(EndReason::AppClosed, None, Some(c), out);
+                        return;
+                    }
+                }
+                let due = match refire {
+                    Refire::At(t) => now >= t,
+                    // Lost abruptly, app healthy all along: the SDK did not reconnect by
+                    // itself (a fast restart the probe never saw down), so ask it to.
+                    Refire::Idle => !crashed && close.is_none() && now >= since + RECONNECT_GRACE,
+                    Refire::InFlight => false,
+                };
+                if due && self.app_healthy {
+                    if let AppLink::Down { refire, .. } = &mut self.app {
+                        *refire = Refire::InFlight;
+                    }
+                    out.push(Action::RefireWebhook);
+                }
+            }
+        }
+    }
+
+    /// Ends the session, closing each connected peer that is given a close (the inner
+    /// `None` closes without a status code).
+    fn end(&mut self, reason: EndReason, to_app: Option<Option<Close>>, to_cloud: Option<Option<Close>>, out: &mut Vec<Action>) {
+        if let (Some(c), true) = (to_app, self.app_is_connected()) {
+            out.push(Action::CloseApp(c));
+        }
+        if let (Some(c), CloudLink::Up) = (to_cloud, &self.cloud) {
+            out.push(Action::CloseCloud(c));
+        }
+        let reason_label = match reason {
+            EndReason::HoldExpired => "hold_expired",
+            EndReason::Shutdown => "shutdown",
+            _ => "session_ended",
+        };
+        out.extend(self.buffer.discard(reason_label).into_iter().map(Action::Dropped));
+        self.ended = Some(reason);
+    }
+
+    /// Earliest instant at which [`Event::Tick`] must be delivered (extra ticks are harmless).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.ended.is_some() {
+            return None;
+        }
+        let link = match &self.app {
+            AppLink::Up { next_ping, .. } => Some(*next_ping),
+            AppLink::Replaying { flush_at, .. } => Some(*flush_at),
+            AppLink::Down {
+                since,
+                crashed,
+                close,
+                refire,
+                ..
+            } => {
+                let mut t = *since + self.settings.hold_window;
+                if close.is_some() && !crashed {
+                    t = t.min(*since + self.settings.intent_window);
+                }
+                match refire {
+                    Refire::At(at) => t = t.min(*at),
+                    Refire::Idle if !crashed && close.is_none() => t = t.min(*since + RECONNECT_GRACE),
+                    _ => {}
+                }
+                Some(t)
+            }
+        };
+        match (link, self.buffer.next_expiry()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The phase name, for `/sessions` and the sessions gauge.
     pub fn phase(&self) -> &'static str {
-        match self.state {
-            State::Starting { .. } => "starting",
-            State::Live { .. } => "live",
-            State::Ended { .. } => "ended",
+        if self.ended.is_some() {
+            return "ended";
         }
+        match (&self.cloud, &self.app) {
+            (CloudLink::Dialing { .. }, _) => "starting",
+            (_, AppLink::Down { .. }) => "app_down",
+            (_, AppLink::Replaying { .. }) => "replaying",
+            (_, AppLink::Up { .. }) => "live",
+        }
+    }
+
+    /// Whether the session holds the cloud link for an app that is away.
+    pub fn is_holding(&self) -> bool {
+        self.ended.is_none() && matches!(self.app, AppLink::Down { .. })
     }
 
     /// Why the session ended, once it has.
     pub fn end_reason(&self) -> Option<EndReason> {
-        match self.state {
-            State::Ended { reason } => Some(reason),
-            _ => None,
-        }
+        self.ended
     }
 
-    /// Whether the cloud has acknowledged the app's init.
-    pub fn acked(&self) -> bool {
-        self.ack.is_some()
+    /// Frames and bytes waiting in the buffer, and the age of the oldest.
+    pub fn buffered(&self, now: Instant) -> (usize, usize, Option<Duration>) {
+        (self.buffer.len(), self.buffer.bytes(), self.buffer.oldest_age(now))
     }
 
-    /// Frames relayed (up, down).
-    pub fn frame_counts(&self) -> (u64, u64) {
-        (self.frames_up, self.frames_down)
+    /// Applies new bounds to the buffer (a config reload).
+    pub fn set_settings(&mut self, settings: Settings) {
+        self.buffer.set_limits(settings.down_buffer);
+        self.settings = settings;
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn text(s: &str) -> Frame {
-        Frame::Text(s.into())
-    }
-
-    fn started() -> (Session, Instant) {
-        let now = Instant::now();
-        let (s, actions) = Session::start(text(r#"{"type":"tpa_connection_init"}"#), UrlMap::default(), now);
-        assert_eq!(actions, vec![Action::DialCloud]);
-        (s, now)
-    }
-
-    #[test]
-    fn init_goes_first_then_held_frames_in_order() {
-        let (mut s, now) = started();
-        assert!(s.handle(Event::AppFrame(text(r#"{"type":"a"}"#)), now).is_empty());
-        assert!(s.handle(Event::AppFrame(text(r#"{"type":"b"}"#)), now).is_empty());
-        let actions = s.handle(Event::CloudConnected, now);
-        let sent: Vec<_> = actions
-            .iter()
-            .map(|a| match a {
-                Action::SendCloud(Frame::Text(t), _) => t.to_string(),
-                other => format!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(sent, [r#"{"type":"tpa_connection_init"}"#, r#"{"type":"a"}"#, r#"{"type":"b"}"#]);
-        assert_eq!(s.phase(), "live");
-    }
-
-    #[test]
-    fn close_codes_pass_through_exactly() {
-        let (mut s, now) = started();
-        s.handle(Event::CloudConnected, now);
-        let close = Close::new(1000, "App stopped");
-        assert_eq!(
-            s.handle(Event::CloudClosed(Some(close.clone())), now),
-            vec![Action::CloseApp(Some(close))]
-        );
-        assert_eq!(s.end_reason(), Some(EndReason::CloudClosed));
-        assert!(s.handle(Event::CloudFrame(text("{}")), now).is_empty(), "nothing after the end");
-    }
-
-    #[test]
-    fn abrupt_loss_is_mirrored_as_abrupt() {
-        let (mut s, now) = started();
-        s.handle(Event::CloudConnected, now);
-        assert_eq!(s.handle(Event::AppLost, now), vec![Action::AbortCloud]);
-        let (mut s, now) = started();
-        s.handle(Event::CloudConnected, now);
-        assert_eq!(s.handle(Event::AppClosed(None), now), vec![Action::CloseCloud(None)]);
-    }
-
-    #[test]
-    fn unreachable_cloud_closes_the_app_with_a_reason() {
-        let (mut s, now) = started();
-        let actions = s.handle(Event::CloudDialFailed { reason: "io" }, now);
-        assert_eq!(actions, vec![Action::CloseApp(Some(Close::new(1011, "Cloud unreachable")))]);
-    }
-
-    #[test]
-    fn ack_is_cached_and_frames_keep_their_bytes() {
-        let (mut s, now) = started();
-        s.handle(Event::CloudConnected, now);
-        let raw = r#"{"type":"tpa_connection_ack","settings":[] }"#;
-        let actions = s.handle(Event::CloudFrame(text(raw)), now);
-        assert_eq!(actions, vec![Action::SendApp(text(raw), Kind::ConnectionAck)]);
-        assert!(s.acked());
-        let junk = "{not json";
-        assert_eq!(
-            s.handle(Event::AppFrame(text(junk)), now),
-            vec![Action::SendCloud(text(junk), Kind::Malformed)]
-        );
-    }
-
-    #[test]
-    fn audio_urls_on_the_local_base_are_sent_to_the_cloud_base() {
-        let now = Instant::now();
-        let urls = UrlMap {
-            local_prefixes: vec!["https://127.0.0.1:8081/c/ab12cd34".into()],
-            cloud_base: "https://api.example.net".into(),
-        };
-        let (mut s, _) = Session::start(text("{}"), urls, now);
-        s.handle(Event::CloudConnected, now);
-        let req = r#"{"type":"audio_play_request","requestId":"r1","audioUrl":"https://127.0.0.1:8081/c/ab12cd34/api/tts?text=hi"}"#;
-        let actions = s.handle(Event::AppFrame(text(req)), now);
-        let Some(Action::SendCloud(Frame::Text(out), Kind::AudioPlayRequest)) = actions.first() else {
-            panic!("{actions:?}");
-        };
-        let v: serde_json::Value = serde_json::from_str(out.as_str()).expect("json");
-        assert_eq!(v["audioUrl"], "https://api.example.net/api/tts?text=hi");
-        assert_eq!(v["requestId"], "r1");
-        let other = r#"{"type":"audio_play_request","audioUrl":"https://cdn.example/x.mp3"}"#;
-        assert_eq!(
-            s.handle(Event::AppFrame(text(other)), now),
-            vec![Action::SendCloud(text(other), Kind::AudioPlayRequest)]
-        );
-    }
-}
+mod tests;

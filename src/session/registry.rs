@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +21,8 @@ pub struct WebhookRecord {
     pub user_id: Option<String>,
     pub cloud_id: String,
     pub at: Instant,
+    /// The body as forwarded to the app (URLs rewritten), for re-sending after a restart.
+    pub body: Bytes,
 }
 
 /// Live figures of one session, written by its task and read by the admin API.
@@ -31,6 +34,32 @@ pub struct SessionInfo {
     pub phase: watch::Sender<&'static str>,
     pub frames_up: AtomicU64,
     pub frames_down: AtomicU64,
+    pub buffered_frames: AtomicU64,
+    pub buffered_bytes: AtomicU64,
+    /// Age of the oldest buffered frame, in ms (0 when empty).
+    pub oldest_buffered_ms: AtomicU64,
+    pub recoveries: AtomicU64,
+    /// Milliseconds since `started` of the last recovery (0 = none).
+    pub last_recovery_ms: AtomicU64,
+}
+
+impl SessionInfo {
+    /// Fresh figures for a session started now.
+    pub fn new(id: String, cloud: String, phase: watch::Sender<&'static str>) -> SessionInfo {
+        SessionInfo {
+            id,
+            cloud,
+            started: Instant::now(),
+            phase,
+            frames_up: AtomicU64::new(0),
+            frames_down: AtomicU64::new(0),
+            buffered_frames: AtomicU64::new(0),
+            buffered_bytes: AtomicU64::new(0),
+            oldest_buffered_ms: AtomicU64::new(0),
+            recoveries: AtomicU64::new(0),
+            last_recovery_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 /// The front of a running session task.
@@ -41,6 +70,8 @@ pub struct SessionHandle {
     pub cancel: CancellationToken,
     /// Becomes `true` when the task has closed its sockets.
     pub done: watch::Receiver<bool>,
+    /// Commands to the task: a new app socket, a stop notice.
+    pub mailbox: mpsc::Sender<super::task::Command>,
 }
 
 /// One row of `/sessions`. Never carries the API key.
@@ -53,6 +84,12 @@ pub struct SessionRow {
     pub age_ms: u64,
     pub frames_up: u64,
     pub frames_down: u64,
+    pub buffered_frames: u64,
+    pub buffered_bytes: u64,
+    pub oldest_buffered_ms: u64,
+    pub recoveries: u64,
+    /// How long ago the last recovery was, in ms.
+    pub last_recovery_ago_ms: Option<u64>,
 }
 
 /// Sessions by id.
@@ -74,6 +111,13 @@ impl Registry {
         table.insert(session_id.to_string(), record);
     }
 
+    /// Stores the forwarded body of `session_id`'s webhook, for re-sending.
+    pub fn set_webhook_body(&self, session_id: &str, body: Bytes) {
+        if let Some(rec) = lock(&self.webhooks).get_mut(session_id) {
+            rec.body = body;
+        }
+    }
+
     /// The webhook record of `session_id`.
     pub fn webhook(&self, session_id: &str) -> Option<WebhookRecord> {
         lock(&self.webhooks).get(session_id).cloned()
@@ -90,6 +134,11 @@ impl Registry {
         if live.get(&info.id).is_some_and(|h| Arc::ptr_eq(&h.info, info)) {
             live.remove(&info.id);
         }
+    }
+
+    /// The live task of `id`.
+    pub fn get(&self, id: &str) -> Option<SessionHandle> {
+        lock(&self.live).get(id).cloned()
     }
 
     /// Handles of every live session.
@@ -122,6 +171,14 @@ impl Registry {
                     age_ms: now.saturating_duration_since(info.started).as_millis() as u64,
                     frames_up: info.frames_up.load(Ordering::Relaxed),
                     frames_down: info.frames_down.load(Ordering::Relaxed),
+                    buffered_frames: info.buffered_frames.load(Ordering::Relaxed),
+                    buffered_bytes: info.buffered_bytes.load(Ordering::Relaxed),
+                    oldest_buffered_ms: info.oldest_buffered_ms.load(Ordering::Relaxed),
+                    recoveries: info.recoveries.load(Ordering::Relaxed),
+                    last_recovery_ago_ms: match info.last_recovery_ms.load(Ordering::Relaxed) {
+                        0 => None,
+                        at => Some((now.saturating_duration_since(info.started).as_millis() as u64).saturating_sub(at)),
+                    },
                 }
             })
             .collect();
@@ -143,17 +200,12 @@ mod tests {
     fn handle(id: &str) -> SessionHandle {
         let (phase, _) = watch::channel("live");
         let (_, done) = watch::channel(false);
+        let (mailbox, _) = mpsc::channel(1);
         SessionHandle {
-            info: Arc::new(SessionInfo {
-                id: id.into(),
-                cloud: "ws://c/".into(),
-                started: Instant::now(),
-                phase,
-                frames_up: AtomicU64::new(0),
-                frames_down: AtomicU64::new(0),
-            }),
+            info: Arc::new(SessionInfo::new(id.into(), "ws://c/".into(), phase)),
             cancel: CancellationToken::new(),
             done,
+            mailbox,
         }
     }
 
@@ -179,6 +231,7 @@ mod tests {
                 user_id: None,
                 cloud_id: "x".into(),
                 at: t0 + std::time::Duration::from_millis(i as u64),
+                body: Bytes::new(),
             };
             r.note_webhook(&format!("s{i}"), rec);
         }

@@ -1,16 +1,20 @@
 //! The session task: owns the app socket and the cloud socket of one session and drives the
-//! [`Session`] machine with their frames. All writes happen in [`Driver::perform`], outside
-//! the `select!`, whose branches are all cancel-safe (`StreamExt::next` on a WebSocket).
+//! [`Session`] machine with their frames, the app's health, commands from the listeners and
+//! its own timer. All writes happen in [`Driver::perform`], outside the `select!`, whose
+//! branches are all cancel-safe (`StreamExt::next`, `mpsc::Receiver::recv`,
+//! `watch::Receiver::changed`, a re-armed `Sleep`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
+use hyper::Request;
 use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -20,10 +24,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use url::Url;
 
-use super::machine::{Action, Close, Event, Frame, Session, UrlMap};
+use super::buffer::Limits;
+use super::machine::{Action, Close, EndReason, Event, Frame, Session, Settings, UrlMap};
 use super::registry::{SessionHandle, SessionInfo};
-use crate::protocol::Direction;
+use crate::protocol::{now_iso8601, ConnectionError, Direction, CLOSE_POLICY};
 use crate::runtime::Shared;
+use crate::serve::full;
 use crate::upstream::connect::{self, CloudSocket};
 
 /// The app's socket, accepted on the local listener.
@@ -31,6 +37,16 @@ pub type AppSocket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// How long a closing socket may take to answer our close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Commands from outside the task.
+pub enum Command {
+    /// A new app socket sent this init for the session.
+    Attach(Box<AppSocket>, Frame),
+    /// The cloud sent `stop_request` for the session.
+    StopRequested,
+    /// The webhook re-sent to the app was answered (`true` = 2xx).
+    RefireDone(bool),
+}
 
 /// Everything needed to start a session task.
 pub struct Spawn {
@@ -41,24 +57,41 @@ pub struct Spawn {
     pub urls: UrlMap,
 }
 
-/// Starts the task for a session whose app has connected and sent its init. A task already
-/// running for the same id is ended first, so the cloud never sees two sockets of one
+/// The machine's settings from the configuration.
+pub fn settings(shared: &Shared) -> Settings {
+    let s = &shared.config.session;
+    let b = &shared.config.buffer;
+    Settings {
+        hold_window: s.hold_window,
+        intent_window: s.intent_window,
+        replay_wait: s.replay_wait,
+        app_ping_interval: s.app_ping_interval,
+        app_ping_misses: s.app_ping_misses,
+        down_buffer: Limits {
+            max_frames: b.down_max_frames,
+            max_bytes: b.down_max_bytes,
+            max_age: b.down_max_age,
+        },
+    }
+}
+
+/// Starts the task for a session whose app has connected and sent its init. A task still
+/// registered under the same id is ended first, so the cloud never sees two sockets of one
 /// session (a superseded socket that closes later would tear down the new one).
 pub fn spawn(shared: &Arc<Shared>, s: Spawn) -> SessionHandle {
     let (phase, _) = watch::channel("starting");
     let (done_tx, done) = watch::channel(false);
-    let info = Arc::new(SessionInfo {
-        id: s.session_id.clone(),
-        cloud: s.cloud_url.origin().ascii_serialization(),
-        started: Instant::now(),
+    let (mailbox, commands) = mpsc::channel(8);
+    let info = Arc::new(SessionInfo::new(
+        s.session_id.clone(),
+        s.cloud_url.origin().ascii_serialization(),
         phase,
-        frames_up: Default::default(),
-        frames_down: Default::default(),
-    });
+    ));
     let handle = SessionHandle {
         info: info.clone(),
         cancel: shared.cancel.child_token(),
         done,
+        mailbox,
     };
     let previous = shared.sessions.insert(handle.clone());
     shared.metrics.session_state(None, Some("starting"));
@@ -67,8 +100,12 @@ pub fn spawn(shared: &Arc<Shared>, s: Spawn) -> SessionHandle {
         info,
         cancel: handle.cancel.clone(),
         app: Some(s.app),
+        pending_app: None,
         cloud: None,
         cloud_url: s.cloud_url,
+        commands,
+        mailbox: handle.mailbox.clone(),
+        health: shared.health.subscribe(),
     };
     let span = tracing::info_span!("session", session_id = %s.session_id);
     let (init, urls) = (s.init, s.urls);
@@ -92,15 +129,25 @@ struct Driver {
     info: Arc<SessionInfo>,
     cancel: CancellationToken,
     app: Option<AppSocket>,
+    /// The socket of an `Attach` while the machine decides on it.
+    pending_app: Option<AppSocket>,
     cloud: Option<CloudSocket>,
     cloud_url: Url,
+    commands: mpsc::Receiver<Command>,
+    mailbox: mpsc::Sender<Command>,
+    health: watch::Receiver<bool>,
 }
 
 impl Driver {
     async fn run(mut self, init: Frame, urls: UrlMap) {
-        let (mut session, first) = Session::start(init, urls, Instant::now());
+        let start = Instant::now();
+        let (mut session, first) = Session::start(init, urls, settings(&self.shared), self.shared.buffers.clone(), start);
+        session.handle(Event::AppHealth(*self.health.borrow_and_update()), start);
         let mut phase = session.phase();
         let mut work: VecDeque<Action> = first.into();
+        let far = || Instant::now() + Duration::from_secs(3600);
+        let timer = tokio::time::sleep_until(far());
+        tokio::pin!(timer);
         loop {
             while let Some(action) = work.pop_front() {
                 if let Some(ev) = self.perform(action).await {
@@ -108,11 +155,16 @@ impl Driver {
                 }
             }
             phase = self.publish(phase, session.phase());
+            self.report_buffer(&session);
             if let Some(reason) = session.end_reason() {
                 self.shared.metrics.session_end(reason.label());
+                if reason == EndReason::HoldExpired {
+                    self.shared.metrics.recovery("expired", None);
+                }
                 tracing::info!(reason = reason.label(), "session ended");
                 break;
             }
+            timer.as_mut().reset(session.next_deadline().unwrap_or_else(far));
             let ev = tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => Event::Shutdown,
@@ -124,23 +176,63 @@ impl Driver {
                     Some(ev) => ev,
                     None => continue,
                 },
+                c = self.commands.recv() => match c {
+                    Some(Command::Attach(sock, init)) => {
+                        self.pending_app = Some(*sock);
+                        Event::AppAttach(init)
+                    }
+                    Some(Command::StopRequested) => Event::StopRequested,
+                    Some(Command::RefireDone(ok)) => Event::RefireDone(ok),
+                    None => continue,
+                },
+                r = self.health.changed() => match r {
+                    Ok(()) => Event::AppHealth(*self.health.borrow_and_update()),
+                    Err(_) => continue,
+                },
+                () = &mut timer => Event::Tick,
             };
-            if let Event::TooBig(dir) = &ev {
-                self.shared.metrics.oversized(*dir);
-            }
+            self.note(&ev);
             work.extend(session.handle(ev, Instant::now()));
+            if let Some(sock) = self.pending_app.take() {
+                // The machine neither accepted nor refused it (the session ended): close it.
+                linger_close(sock, Some(Close::new(CLOSE_POLICY, "Session ended")), "app").await;
+            }
         }
         self.publish(phase, "ended");
         self.shared.metrics.session_state(Some("ended"), None);
         self.shared.sessions.remove(&self.info);
     }
 
+    /// Metrics for events that are worth counting before the machine sees them.
+    fn note(&self, ev: &Event) {
+        match ev {
+            Event::TooBig(dir) => self.shared.metrics.oversized(*dir),
+            Event::AppLost => self.shared.metrics.app_disconnect("lost"),
+            Event::AppClosed(_) => self.shared.metrics.app_disconnect("closed"),
+            _ => {}
+        }
+    }
+
     fn publish(&self, old: &'static str, new: &'static str) -> &'static str {
         if old != new {
             self.shared.metrics.session_state(Some(old), Some(new));
             self.info.phase.send_replace(new);
+            if new == "app_down" {
+                self.shared.health.hold();
+            } else if old == "app_down" {
+                self.shared.health.release();
+            }
+            tracing::info!(from = old, to = new, "session state");
         }
         new
+    }
+
+    fn report_buffer(&self, session: &Session) {
+        let (frames, bytes, oldest) = session.buffered(Instant::now());
+        self.info.buffered_frames.store(frames as u64, Ordering::Relaxed);
+        self.info.buffered_bytes.store(bytes as u64, Ordering::Relaxed);
+        let oldest_ms = oldest.map_or(0, |d| d.as_millis() as u64);
+        self.info.oldest_buffered_ms.store(oldest_ms, Ordering::Relaxed);
     }
 
     /// Performs one action; an I/O failure comes back as the event it amounts to.
@@ -159,12 +251,9 @@ impl Driver {
             Action::SendApp(frame, kind) => {
                 self.shared.metrics.frame(Direction::Down, kind, frame.len());
                 self.info.frames_down.fetch_add(1, Ordering::Relaxed);
-                let sock = self.app.as_mut()?;
-                sock.send(to_message(frame)).await.err().map(|e| {
-                    tracing::debug!(hop = "app", error = %e, "write failed");
-                    Event::AppLost
-                })
+                self.send_app(to_message(frame)).await
             }
+            Action::PingApp(payload) => self.send_app(Message::Ping(payload)).await,
             Action::CloseApp(close) => {
                 if let Some(sock) = self.app.take() {
                     linger_close(sock, close, "app").await;
@@ -185,7 +274,85 @@ impl Driver {
                 self.cloud = None;
                 None
             }
+            Action::AcceptApp => {
+                tracing::info!(hop = "app", "app reconnected; answered locally");
+                self.app = self.pending_app.take();
+                None
+            }
+            Action::RejectApp { code, message } => {
+                self.shared.metrics.recovery("refused", None);
+                tracing::warn!(hop = "app", code, "app re-init refused");
+                if let Some(sock) = self.pending_app.take() {
+                    reject(sock, code, message).await;
+                }
+                None
+            }
+            Action::RefireWebhook => {
+                self.refire();
+                None
+            }
+            Action::Dropped(d) => {
+                self.shared.metrics.dropped(d.stream, d.reason);
+                None
+            }
+            Action::Recovered { replayed, latency } => {
+                self.shared.metrics.recovery("replayed", Some(latency));
+                self.info.recoveries.fetch_add(1, Ordering::Relaxed);
+                let at = Instant::now().saturating_duration_since(self.info.started).as_millis() as u64;
+                self.info.last_recovery_ms.store(at.max(1), Ordering::Relaxed);
+                tracing::info!(replayed, latency_ms = latency.as_millis() as u64, "app recovered; buffer replayed");
+                None
+            }
         }
+    }
+
+    async fn send_app(&mut self, msg: Message) -> Option<Event> {
+        let sock = self.app.as_mut()?;
+        sock.send(msg).await.err().map(|e| {
+            tracing::debug!(hop = "app", error = %e, "write failed");
+            Event::AppLost
+        })
+    }
+
+    /// Re-sends the session's webhook to the app in the background; the answer comes back
+    /// as a command. Bounded across sessions by `session.refire_concurrency`.
+    fn refire(&self) {
+        let shared = self.shared.clone();
+        let id = self.info.id.clone();
+        let mailbox = self.mailbox.clone();
+        let body = self.webhook_body();
+        let cancel = self.cancel.clone();
+        self.shared.tracker.spawn(async move {
+            let ok = tokio::select! {
+                () = cancel.cancelled() => return,
+                ok = post_webhook(&shared, body) => ok,
+            };
+            shared.metrics.refire(if ok { "accepted" } else { "failed" });
+            tracing::info!(session_id = %id, ok, hop = "app", "webhook re-sent to the app");
+            let _ = mailbox.send(Command::RefireDone(ok)).await;
+        });
+    }
+
+    /// The webhook as first forwarded; for a session whose webhook Tether never saw (it
+    /// restarted), one rebuilt from what the session knows.
+    fn webhook_body(&self) -> Bytes {
+        if let Some(rec) = self.shared.sessions.webhook(&self.info.id) {
+            if !rec.body.is_empty() {
+                return rec.body;
+            }
+        }
+        let local = self.app_url_for_refire();
+        let user = self.info.id.rsplit_once('-').map(|(u, _)| u.to_string()).unwrap_or_default();
+        let body = serde_json::json!({
+            "type": "session_request", "sessionId": self.info.id, "userId": user,
+            "timestamp": now_iso8601(), "augmentOSWebsocketUrl": local, "mentraOSWebsocketUrl": local,
+        });
+        Bytes::from(body.to_string())
+    }
+
+    fn app_url_for_refire(&self) -> String {
+        let id = self.shared.clouds.register(&self.cloud_url).unwrap_or_default();
+        crate::webhook::local_url(&self.shared.local_advertise, &id, &self.cloud_url)
     }
 
     async fn dial(&mut self) -> Event {
@@ -206,9 +373,23 @@ impl Driver {
             Err(e) => {
                 tracing::warn!(hop = "cloud", error = %e, "cannot reach the cloud");
                 self.shared.metrics.cloud_connect_failure(e.reason());
-                Event::CloudDialFailed { reason: e.reason() }
+                Event::CloudDialFailed
             }
         }
+    }
+}
+
+/// POSTs a webhook body to the app; `true` on a 2xx within the webhook timeout.
+pub async fn post_webhook(shared: &Shared, body: Bytes) -> bool {
+    let _permit = shared.refire_slots.acquire().await;
+    let req = Request::post("/webhook")
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(full(body));
+    let Ok(req) = req else { return false };
+    let send = crate::downstream::proxy::send_to_app(shared, req, None);
+    match tokio::time::timeout(shared.config.app.webhook_timeout, send).await {
+        Ok(Ok(resp)) => resp.status().is_success(),
+        _ => false,
     }
 }
 
@@ -223,46 +404,52 @@ where
     }
 }
 
-/// What a message read from a socket means; `None` for control frames tungstenite answers.
-fn classify(m: Option<Result<Message, WsError>>, dir: Direction) -> Option<Result<Frame, Lost>> {
-    match m {
-        Some(Ok(Message::Text(t))) => Some(Ok(Frame::Text(t))),
-        Some(Ok(Message::Binary(b))) => Some(Ok(Frame::Binary(b))),
-        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => None,
-        Some(Ok(Message::Close(cf))) => Some(Err(Lost::Closed(cf.map(|cf| Close {
-            code: u16::from(cf.code),
-            reason: cf.reason.to_string(),
-        })))),
-        Some(Err(WsError::Capacity(_))) => Some(Err(Lost::TooBig(dir))),
-        Some(Err(e)) => {
-            tracing::debug!(direction = dir.label(), error = %e, "socket failed");
-            Some(Err(Lost::Abrupt))
-        }
-        None => Some(Err(Lost::Abrupt)),
-    }
+/// What a message read from a socket means.
+enum Read {
+    Frame(Frame),
+    Pong(Bytes),
+    Closed(Option<Close>),
+    Lost,
+    TooBig(Direction),
 }
 
-enum Lost {
-    Closed(Option<Close>),
-    Abrupt,
-    TooBig(Direction),
+/// Classifies a read; `None` for control frames tungstenite answers by itself.
+fn classify(m: Option<Result<Message, WsError>>, dir: Direction) -> Option<Read> {
+    match m {
+        Some(Ok(Message::Text(t))) => Some(Read::Frame(Frame::Text(t))),
+        Some(Ok(Message::Binary(b))) => Some(Read::Frame(Frame::Binary(b))),
+        Some(Ok(Message::Pong(p))) => Some(Read::Pong(p)),
+        Some(Ok(Message::Ping(_) | Message::Frame(_))) => None,
+        Some(Ok(Message::Close(cf))) => Some(Read::Closed(cf.map(|cf| Close {
+            code: u16::from(cf.code),
+            reason: cf.reason.to_string(),
+        }))),
+        Some(Err(WsError::Capacity(_))) => Some(Read::TooBig(dir)),
+        Some(Err(e)) => {
+            tracing::debug!(direction = dir.label(), error = %e, "socket failed");
+            Some(Read::Lost)
+        }
+        None => Some(Read::Lost),
+    }
 }
 
 fn from_app(m: Option<Result<Message, WsError>>) -> Option<Event> {
     classify(m, Direction::Up).map(|r| match r {
-        Ok(frame) => Event::AppFrame(frame),
-        Err(Lost::Closed(c)) => Event::AppClosed(c),
-        Err(Lost::Abrupt) => Event::AppLost,
-        Err(Lost::TooBig(d)) => Event::TooBig(d),
+        Read::Frame(frame) => Event::AppFrame(frame),
+        Read::Pong(p) => Event::AppPong(p),
+        Read::Closed(c) => Event::AppClosed(c),
+        Read::Lost => Event::AppLost,
+        Read::TooBig(d) => Event::TooBig(d),
     })
 }
 
 fn from_cloud(m: Option<Result<Message, WsError>>) -> Option<Event> {
-    classify(m, Direction::Down).map(|r| match r {
-        Ok(frame) => Event::CloudFrame(frame),
-        Err(Lost::Closed(c)) => Event::CloudClosed(c),
-        Err(Lost::Abrupt) => Event::CloudLost,
-        Err(Lost::TooBig(d)) => Event::TooBig(d),
+    classify(m, Direction::Down).and_then(|r| match r {
+        Read::Frame(frame) => Some(Event::CloudFrame(frame)),
+        Read::Pong(_) => None,
+        Read::Closed(c) => Some(Event::CloudClosed(c)),
+        Read::Lost => Some(Event::CloudLost),
+        Read::TooBig(d) => Some(Event::TooBig(d)),
     })
 }
 
@@ -289,4 +476,16 @@ where
     }
     let drain = async { while let Some(Ok(_)) = sock.next().await {} };
     let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+}
+
+/// Refuses an app socket the way the cloud does: `tpa_connection_error`, then close 1008.
+pub async fn reject<S>(mut sock: WebSocketStream<S>, code: &str, message: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let frame = ConnectionError::frame(code, message, now_iso8601());
+    let _ = sock.send(Message::Text(frame.into())).await;
+    // Close reasons are capped at 123 bytes on the wire.
+    let reason: String = message.chars().take(120).collect();
+    linger_close(sock, Some(Close::new(CLOSE_POLICY, &reason)), "app").await;
 }

@@ -18,6 +18,7 @@ use crate::downstream::proxy;
 use crate::runtime::Shared;
 use crate::serve::{full, json_error, Body};
 use crate::session::registry::WebhookRecord;
+use crate::session::task::Command;
 
 /// Handles one webhook POST.
 pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
@@ -40,23 +41,48 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
     };
     match obj.get("type").and_then(Value::as_str) {
         Some("session_request") => {}
-        Some("stop_request") => return relay(&shared, parts, bytes, "stop_request").await,
+        Some("stop_request") => {
+            // The app's close that follows is meant: let it through at once.
+            let session = obj.get("sessionId").and_then(Value::as_str).and_then(|id| shared.sessions.get(id));
+            if let Some(handle) = session {
+                let _ = handle.mailbox.send(Command::StopRequested).await;
+            }
+            return relay(&shared, parts, bytes, "stop_request").await;
+        }
         _ => return relay(&shared, parts, bytes, "other").await,
     }
-    match rewrite(&shared, &mut obj) {
-        Ok(()) => {}
+    let session_id = match rewrite(&shared, &mut obj) {
+        Ok(id) => id,
         Err(e) => {
             shared.metrics.webhook("session_request", "rejected");
             tracing::warn!(error = %e, "session_request rejected");
             return json_error(StatusCode::BAD_REQUEST, &e.to_string());
         }
-    }
+    };
     let body = Bytes::from(serde_json::to_vec(&Value::Object(obj)).unwrap_or_default());
+    shared.sessions.set_webhook_body(&session_id, body.clone());
+    wait_for_app(&shared).await;
     relay(&shared, parts, body, "session_request").await
 }
 
-/// Records the session and points every WebSocket URL field at the local listener.
-fn rewrite(shared: &Shared, obj: &mut serde_json::Map<String, Value>) -> Result<(), RewriteError> {
+/// A new session arriving while the app is down waits for it (bounded below the cloud's
+/// webhook timeout) instead of failing at once: a restart is usually over in seconds.
+async fn wait_for_app(shared: &Shared) {
+    if shared.health.healthy() {
+        return;
+    }
+    let mut health = shared.health.subscribe();
+    shared.health.hold();
+    let waited = tokio::time::timeout(shared.config.session.webhook_hold, health.wait_for(|ok| *ok)).await;
+    shared.health.release();
+    if waited.is_ok() {
+        shared.metrics.webhook("session_request", "held");
+    }
+}
+
+/// Records the session and points every WebSocket URL field at the local listener; returns
+/// the session id.
+fn rewrite(shared: &Shared, obj: &mut serde_json::Map<String, Value>) -> Result<String, RewriteError> {
     let req = parse_session_request(obj)?;
     let mut urls = req.urls.clone();
     if urls.is_empty() {
@@ -84,9 +110,10 @@ fn rewrite(shared: &Shared, obj: &mut serde_json::Map<String, Value>) -> Result<
             user_id: req.user_id,
             cloud_id,
             at: Instant::now(),
+            body: Bytes::new(),
         },
     );
-    Ok(())
+    Ok(req.session_id)
 }
 
 #[derive(Debug, thiserror::Error)]

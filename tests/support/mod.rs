@@ -167,6 +167,7 @@ impl FakeCloud {
     }
 
     /// Accepts the next WebSocket; returns the request path and the socket.
+    #[allow(clippy::result_large_err)] // the handshake callback's error type is tungstenite's
     pub async fn accept(&self) -> (String, CloudWs) {
         let (tcp, _) = within("a cloud connection", self.listener.accept()).await.expect("accept");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -200,8 +201,11 @@ impl FakeApp {
                         let tx = tx.clone();
                         async move {
                             use http_body_util::BodyExt;
+                            let is_webhook = req.uri().path() == "/webhook";
                             let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let _ = tx.send(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null));
+                            if is_webhook {
+                                let _ = tx.send(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null));
+                            }
                             Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
                                 bytes::Bytes::from_static(br#"{"status":"success"}"#),
                             )))

@@ -1,0 +1,336 @@
+//! Transitions of the session machine, with explicit instants.
+
+use std::time::Duration;
+
+use super::*;
+
+const ACK: &str = r#"{"type":"tpa_connection_ack","sessionId":"s","settings":[]}"#;
+const SUB_EMPTY: &str = r#"{"type":"subscription_update","subscriptions":[]}"#;
+const SUB_TX: &str = r#"{"type":"subscription_update","subscriptions":["transcription:en-US"]}"#;
+
+fn text(s: &str) -> Frame {
+    Frame::Text(s.into())
+}
+
+fn init(key: &str) -> Frame {
+    text(&format!(r#"{{"type":"tpa_connection_init","sessionId":"s","packageName":"p","apiKey":"{key}"}}"#))
+}
+
+fn tx(n: u32) -> Frame {
+    text(&format!(r#"{{"type":"data_stream","streamType":"transcription:en-US","data":{{"isFinal":true,"seq":{n}}}}}"#))
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn new_session(now: Instant) -> Session {
+    let (s, actions) = Session::start(init("k"), UrlMap::default(), Settings::default(), GlobalBytes::new(1 << 30), now);
+    assert_eq!(actions, vec![Action::DialCloud]);
+    s
+}
+
+/// A session that is live, acked, and whose app subscribed to transcriptions.
+fn live(now: Instant) -> Session {
+    let mut s = new_session(now);
+    assert_eq!(s.handle(Event::CloudConnected, now), vec![Action::SendCloud(init("k"), Kind::ConnectionInit)]);
+    s.handle(Event::CloudFrame(text(ACK)), now);
+    assert_eq!(
+        s.handle(Event::AppFrame(text(SUB_TX)), now),
+        vec![Action::SendCloud(text(SUB_TX), Kind::SubscriptionUpdate)]
+    );
+    assert_eq!(s.phase(), "live");
+    s
+}
+
+fn sent_to_app(actions: &[Action]) -> Vec<Frame> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SendApp(f, _) => Some(f.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sent_to_cloud(actions: &[Action]) -> Vec<Frame> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::SendCloud(f, _) => Some(f.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pong(n: u64) -> Event {
+    Event::AppPong(Bytes::copy_from_slice(&n.to_be_bytes()))
+}
+
+#[test]
+fn init_goes_first_then_held_frames_in_order() {
+    let now = Instant::now();
+    let mut s = new_session(now);
+    assert!(s.handle(Event::AppFrame(text(r#"{"type":"a"}"#)), now).is_empty());
+    let actions = s.handle(Event::CloudConnected, now);
+    assert_eq!(sent_to_cloud(&actions), vec![init("k"), text(r#"{"type":"a"}"#)]);
+}
+
+#[test]
+fn cloud_close_passes_through_exactly() {
+    let now = Instant::now();
+    let mut s = live(now);
+    let close = Close::new(1000, "App stopped");
+    assert_eq!(s.handle(Event::CloudClosed(Some(close.clone())), now), vec![Action::CloseApp(Some(close))]);
+    assert_eq!(s.end_reason(), Some(EndReason::CloudClosed));
+    assert!(s.handle(Event::CloudFrame(tx(1)), now).is_empty(), "nothing after the end");
+}
+
+#[test]
+fn frames_are_pinged_and_pongs_release_them() {
+    let now = Instant::now();
+    let mut s = live(now); // the ack went out as frame 1, with ping 1
+    assert_eq!(s.handle(Event::CloudFrame(tx(1)), now), vec![Action::SendApp(tx(1), Kind::DataStream)]);
+    // One ping in flight at a time: its pong asks for the next one.
+    assert_eq!(s.handle(pong(1), now), vec![Action::PingApp(Bytes::copy_from_slice(&2u64.to_be_bytes()))]);
+    assert!(s.handle(pong(2), now).is_empty());
+    let a = s.handle(Event::CloudFrame(tx(2)), now);
+    assert_eq!(a, vec![Action::SendApp(tx(2), Kind::DataStream), Action::PingApp(Bytes::copy_from_slice(&3u64.to_be_bytes()))]);
+    // A stale or foreign pong changes nothing.
+    assert!(s.handle(pong(99), now).is_empty());
+}
+
+#[test]
+fn a_crashed_app_is_held_refired_answered_locally_and_replayed_in_order() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    s.handle(Event::CloudFrame(tx(1)), t0);
+    s.handle(pong(1), t0);
+    s.handle(pong(2), t0); // the app proved it processed the ack and frame 1
+    s.handle(Event::CloudFrame(tx(2)), t0); // sent, never proven
+    assert_eq!(s.handle(Event::AppLost, t0 + ms(1)), vec![Action::AbortApp]);
+    assert_eq!(s.phase(), "app_down");
+    assert!(s.is_holding());
+    // The cloud keeps streaming; the cloud link is untouched.
+    for n in 3..=5 {
+        assert!(s.handle(Event::CloudFrame(tx(n)), t0 + ms(10)).is_empty());
+    }
+    assert!(s.handle(Event::AppHealth(false), t0 + ms(100)).is_empty());
+    assert_eq!(s.handle(Event::AppHealth(true), t0 + ms(2000)), vec![Action::RefireWebhook]);
+    // The restarted app connects with the same init: answered from the cache.
+    let a = s.handle(Event::AppAttach(init("k")), t0 + ms(2050));
+    assert_eq!(a[0], Action::AcceptApp);
+    assert_eq!(sent_to_app(&a), vec![text(ACK)]);
+    assert!(sent_to_cloud(&a).is_empty(), "the cloud sees no init");
+    assert_eq!(s.phase(), "replaying");
+    // The SDK's first, empty list is not forwarded and does not flush.
+    assert!(s.handle(Event::AppFrame(text(SUB_EMPTY)), t0 + ms(2060)).is_empty());
+    // Its handlers re-subscribe to the same set: nothing goes up, the buffer flushes.
+    let a = s.handle(Event::AppFrame(text(SUB_TX)), t0 + ms(2070));
+    assert!(sent_to_cloud(&a).is_empty());
+    assert_eq!(sent_to_app(&a), vec![tx(2), tx(3), tx(4), tx(5)], "unproven frame first, then the buffer");
+    assert!(a.contains(&Action::Recovered {
+        replayed: 4,
+        latency: ms(70)
+    }));
+    assert_eq!(s.phase(), "live");
+}
+
+#[test]
+fn a_new_init_with_another_key_is_refused_and_the_hold_goes_on() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    s.handle(Event::AppLost, t0);
+    let a = s.handle(Event::AppAttach(init("wrong")), t0 + ms(5));
+    assert_eq!(
+        a,
+        vec![Action::RejectApp {
+            code: "INVALID_API_KEY",
+            message: "Invalid API key"
+        }]
+    );
+    assert_eq!(s.phase(), "app_down");
+}
+
+#[test]
+fn the_hold_window_ends_the_session_honestly() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    s.handle(Event::AppLost, t0);
+    s.handle(Event::AppHealth(false), t0 + ms(100));
+    s.handle(Event::CloudFrame(tx(1)), t0 + ms(200));
+    assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(60)));
+    assert!(s.handle(Event::Tick, t0 + ms(59_000)).is_empty());
+    let a = s.handle(Event::Tick, t0 + Duration::from_secs(60));
+    assert_eq!(
+        a,
+        vec![
+            Action::CloseCloud(Some(Close::new(1001, "App unavailable"))),
+            Action::Dropped(Dropped {
+                stream: "transcription",
+                reason: "hold_expired"
+            }),
+        ]
+    );
+    assert_eq!(s.end_reason(), Some(EndReason::HoldExpired));
+}
+
+#[test]
+fn a_clean_close_by_a_healthy_app_that_stays_away_is_meant() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    assert_eq!(s.handle(Event::AppClosed(None), t0), vec![Action::AbortApp]);
+    assert_eq!(s.next_deadline(), Some(t0 + ms(2000)));
+    assert!(s.handle(Event::Tick, t0 + ms(1999)).is_empty());
+    assert_eq!(s.handle(Event::Tick, t0 + ms(2000)), vec![Action::CloseCloud(None)]);
+    assert_eq!(s.end_reason(), Some(EndReason::AppClosed));
+}
+
+#[test]
+fn a_clean_close_followed_by_a_failing_probe_is_a_restart() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    // SIGTERM: the SDK closes its sockets, then the process exits.
+    s.handle(Event::AppClosed(None), t0);
+    s.handle(Event::AppHealth(false), t0 + ms(150));
+    assert!(s.handle(Event::Tick, t0 + ms(3000)).is_empty(), "no end at the intent window");
+    assert_eq!(s.phase(), "app_down");
+    assert_eq!(s.handle(Event::AppHealth(true), t0 + ms(4000)), vec![Action::RefireWebhook]);
+}
+
+#[test]
+fn a_stop_request_lets_the_app_close_through_at_once() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    s.handle(Event::StopRequested, t0);
+    assert_eq!(s.handle(Event::AppClosed(None), t0), vec![Action::CloseCloud(None)]);
+    assert_eq!(s.end_reason(), Some(EndReason::AppClosed));
+}
+
+#[test]
+fn app_stopped_then_close_reaches_the_app() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    let stopped = text(r#"{"type":"app_stopped"}"#);
+    assert_eq!(sent_to_app(&s.handle(Event::CloudFrame(stopped.clone()), t0)), vec![stopped]);
+    let close = Close::new(1000, "User session ended");
+    assert_eq!(s.handle(Event::CloudClosed(Some(close.clone())), t0), vec![Action::CloseApp(Some(close))]);
+}
+
+#[test]
+fn an_sdk_reconnect_is_answered_locally() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    s.handle(Event::AppLost, t0);
+    assert!(s.handle(Event::Tick, t0 + ms(1000)).is_empty());
+    let a = s.handle(Event::AppAttach(init("k")), t0 + ms(1005));
+    assert_eq!(sent_to_app(&a), vec![text(ACK)]);
+    // The SDK re-sends its full list once after a reconnect.
+    let a = s.handle(Event::AppFrame(text(SUB_TX)), t0 + ms(1010));
+    assert!(sent_to_cloud(&a).is_empty());
+    assert_eq!(s.phase(), "live");
+    // Live traffic flows again.
+    assert_eq!(sent_to_cloud(&s.handle(Event::AppFrame(text(r#"{"type":"display_event"}"#)), t0 + ms(1020))).len(), 1);
+}
+
+#[test]
+fn an_abrupt_loss_with_a_healthy_app_and_no_reconnect_refires() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    s.handle(Event::AppLost, t0);
+    assert_eq!(s.next_deadline(), Some(t0 + RECONNECT_GRACE));
+    assert_eq!(s.handle(Event::Tick, t0 + RECONNECT_GRACE), vec![Action::RefireWebhook]);
+    // A failed re-fire is retried.
+    s.handle(Event::RefireDone(false), t0 + ms(1600));
+    assert_eq!(s.handle(Event::Tick, t0 + ms(1600) + REFIRE_RETRY), vec![Action::RefireWebhook]);
+}
+
+#[test]
+fn a_hung_app_is_detected_by_missed_pongs() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    s.handle(Event::CloudFrame(tx(1)), t0);
+    s.handle(pong(1), t0);
+    s.handle(pong(2), t0);
+    let mut now = t0;
+    let mut pings = 0;
+    for _ in 0..4 {
+        now += Duration::from_secs(5);
+        let a = s.handle(Event::Tick, now);
+        pings += a.iter().filter(|a| matches!(a, Action::PingApp(_))).count();
+        if a.contains(&Action::AbortApp) {
+            break;
+        }
+    }
+    assert_eq!(pings, 1, "a keep-alive ping at 5 s, unanswered; given up at 15 s");
+    assert_eq!(now, t0 + Duration::from_secs(15));
+    assert_eq!(s.phase(), "app_down");
+}
+
+#[test]
+fn a_changed_subscription_set_after_restart_is_forwarded() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    s.handle(Event::AppLost, t0);
+    s.handle(Event::AppAttach(init("k")), t0 + ms(10));
+    let more = r#"{"type":"subscription_update","subscriptions":["transcription:en-US","button_press"]}"#;
+    let a = s.handle(Event::AppFrame(text(more)), t0 + ms(20));
+    assert_eq!(sent_to_cloud(&a), vec![text(more)]);
+    assert_eq!(s.phase(), "live", "the new set covers the old one: flushed");
+}
+
+#[test]
+fn the_replay_flushes_after_the_wait_when_the_app_never_resubscribes() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    s.handle(Event::AppLost, t0);
+    s.handle(Event::CloudFrame(tx(1)), t0 + ms(1));
+    s.handle(Event::AppAttach(init("k")), t0 + ms(10));
+    assert_eq!(s.next_deadline(), Some(t0 + ms(1010)));
+    let a = s.handle(Event::Tick, t0 + ms(1010));
+    assert_eq!(sent_to_app(&a), vec![tx(1)]);
+}
+
+#[test]
+fn updates_after_the_ack_are_folded_into_the_local_answer() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    s.handle(Event::CloudFrame(text(r#"{"type":"settings_update","settings":[{"key":"k","value":2}]}"#)), t0);
+    s.handle(Event::AppLost, t0);
+    let a = s.handle(Event::AppAttach(init("k")), t0 + ms(5));
+    let Some(Frame::Text(ack)) = sent_to_app(&a).into_iter().next() else {
+        panic!("no ack");
+    };
+    let v: serde_json::Value = serde_json::from_str(ack.as_str()).expect("json");
+    assert_eq!(v["settings"][0]["value"], 2);
+}
+
+#[test]
+fn audio_urls_on_the_local_base_are_sent_to_the_cloud_base() {
+    let now = Instant::now();
+    let urls = UrlMap {
+        local_prefixes: vec!["https://127.0.0.1:8081/c/ab12cd34".into()],
+        cloud_base: "https://api.example.net".into(),
+    };
+    let (mut s, _) = Session::start(text("{}"), urls, Settings::default(), GlobalBytes::new(1 << 20), now);
+    s.handle(Event::CloudConnected, now);
+    let req = r#"{"type":"audio_play_request","requestId":"r1","audioUrl":"https://127.0.0.1:8081/c/ab12cd34/api/tts?text=hi"}"#;
+    let a = s.handle(Event::AppFrame(text(req)), now);
+    let Some(Action::SendCloud(Frame::Text(out), Kind::AudioPlayRequest)) = a.first() else {
+        panic!("{a:?}");
+    };
+    let v: serde_json::Value = serde_json::from_str(out.as_str()).expect("json");
+    assert_eq!(v["audioUrl"], "https://api.example.net/api/tts?text=hi");
+    assert_eq!(v["requestId"], "r1");
+}
+
+#[test]
+fn oversized_frames_close_both_legs_with_1009() {
+    let now = Instant::now();
+    let mut s = live(now);
+    let close = Close::new(1009, "Message too big");
+    assert_eq!(
+        s.handle(Event::TooBig(Direction::Up), now),
+        vec![Action::CloseApp(Some(close.clone())), Action::CloseCloud(Some(close))]
+    );
+}
