@@ -154,6 +154,10 @@ impl Driver {
                     work.extend(session.handle(ev, Instant::now()));
                 }
             }
+            if let Some(sock) = self.pending_app.take() {
+                // The machine neither accepted nor refused it (the session had ended): say so.
+                linger_close(sock, Some(Close::new(CLOSE_POLICY, "Session ended")), "app").await;
+            }
             phase = self.publish(phase, session.phase());
             self.report_buffer(&session);
             if let Some(reason) = session.end_reason() {
@@ -193,10 +197,6 @@ impl Driver {
             };
             self.note(&ev);
             work.extend(session.handle(ev, Instant::now()));
-            if let Some(sock) = self.pending_app.take() {
-                // The machine neither accepted nor refused it (the session ended): close it.
-                linger_close(sock, Some(Close::new(CLOSE_POLICY, "Session ended")), "app").await;
-            }
         }
         self.publish(phase, "ended");
         self.shared.metrics.session_state(Some("ended"), None);

@@ -340,3 +340,156 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Writes `yaml` to a fresh temporary file and returns its path.
+pub fn config_file(yaml: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tether-test-{}-{}", std::process::id(), rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("tether.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    path
+}
+
+impl Tether {
+    /// Starts the binary with a config file holding `yaml`, plus `env`.
+    pub async fn spawn_yaml(yaml: &str, env: &[(&str, String)]) -> Tether {
+        let path = config_file(yaml);
+        let path = path.to_str().expect("utf-8 path").to_string();
+        Self::spawn_with(env, &["--config", &path]).await
+    }
+
+    /// `/sessions` rows.
+    pub async fn sessions(&self) -> Vec<serde_json::Value> {
+        let v = http::get(&format!("http://{}/sessions", self.admin)).await.json();
+        v["sessions"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The `/sessions` row of `id`, if live.
+    pub async fn session(&self, id: &str) -> Option<serde_json::Value> {
+        self.sessions().await.into_iter().find(|r| r["session_id"] == id)
+    }
+
+    /// Waits until session `id` is in `state`.
+    pub async fn wait_state(&self, id: &str, state: &str) {
+        eventually(&format!("{id} to be {state}"), || async {
+            self.session(id).await.is_some_and(|r| r["state"] == state)
+        })
+        .await;
+    }
+}
+
+/// The package and key the simulators and Tether agree on in tests.
+pub const PACKAGE: &str = "com.example.tether.test";
+
+/// An app simulator running as its own process (`tether sim app`), so it can be killed.
+pub struct AppProc {
+    child: Option<Child>,
+    pub port: u16,
+    args: Vec<String>,
+}
+
+impl AppProc {
+    /// Starts `tether sim app` on a free port with `extra` arguments.
+    pub async fn start(extra: &[&str]) -> AppProc {
+        let mut app = AppProc {
+            child: None,
+            port: free_port(),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        app.restart().await;
+        app
+    }
+
+    /// The app's base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the process on the same port and waits until it listens.
+    pub async fn restart(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+        cmd.args(["sim", "app", "--listen", &format!("127.0.0.1:{}", self.port), "--package-name", PACKAGE, "--api-key", API_KEY])
+            .args(&self.args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("start sim app");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        within("the app to listen", async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("app-sim listening") {
+                    return;
+                }
+            }
+            panic!("sim app exited before listening");
+        })
+        .await;
+        // Keep draining so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.child = Some(child);
+    }
+
+    /// SIGKILLs the process and waits for it to be gone.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = within("the app to die", child.wait()).await;
+        }
+    }
+
+    /// `/sim/stats` of the running process.
+    pub async fn stats(&self) -> serde_json::Value {
+        http::get(&format!("{}/sim/stats", self.url())).await.json()
+    }
+
+    /// The newest stats entry of session `id`.
+    pub async fn session(&self, id: &str) -> Option<serde_json::Value> {
+        let stats = self.stats().await;
+        stats["sessions"]
+            .as_array()?
+            .iter()
+            .filter(|s| s["session_id"] == id)
+            .max_by_key(|s| s["generation"].as_u64().unwrap_or(0))
+            .cloned()
+    }
+
+    /// Transcription seq numbers session `id` received, in order.
+    pub async fn transcriptions(&self, id: &str) -> Vec<u64> {
+        self.session(id)
+            .await
+            .and_then(|s| s["transcriptions"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(serde_json::Value::as_u64)
+            .collect()
+    }
+}
+
+/// A cloud emulator wired to `tether`'s public webhook, streaming transcriptions every
+/// `interval_ms` when given.
+pub async fn cloud_for(tether_public: SocketAddr, interval_ms: Option<u64>) -> tether::sim::cloud::CloudSim {
+    let cfg = tether::sim::cloud::CloudSimConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        webhook_url: Some(format!("http://{tether_public}/webhook")),
+        package_name: PACKAGE.into(),
+        api_key: API_KEY.into(),
+        transcription_interval_ms: interval_ms,
+        ..Default::default()
+    };
+    tether::sim::cloud::CloudSim::start(cfg).await.expect("start cloud emulator")
+}
+
+/// The session id the cloud gives `user`.
+pub fn sid(user: &str) -> String {
+    format!("{user}-{PACKAGE}")
+}
