@@ -416,8 +416,11 @@ impl AppProc {
     /// (Re)starts the process on the same port and waits until it listens.
     pub async fn restart(&mut self) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
-        cmd.args(["sim", "app", "--listen", &format!("127.0.0.1:{}", self.port), "--package-name", PACKAGE, "--api-key", API_KEY])
-            .args(&self.args)
+        cmd.args(["sim", "app", "--listen", &format!("127.0.0.1:{}", self.port), "--package-name", PACKAGE]);
+        if !self.args.iter().any(|a| a == "--api-key") {
+            cmd.args(["--api-key", API_KEY]);
+        }
+        cmd.args(&self.args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
