@@ -10,9 +10,13 @@
 //! - [`admin`]: health, readiness, metrics and the session list.
 //! - [`runtime`]: binds listeners and wires the shared state.
 //! - [`sim`]: a cloud emulator and an SDK-like app, used by tests, benchmarks and the demo.
+//! - [`demo`]: `tether demo`, everything wired together with a narrated timeline.
+//! - [`bench`]: `tether bench`, latency and recovery figures against in-run baselines.
 
 pub mod admin;
+pub mod bench;
 pub mod config;
+pub mod demo;
 pub mod downstream;
 pub mod protocol;
 pub mod runtime;

@@ -37,6 +37,22 @@ enum Command {
         /// The YAML file to check.
         file: PathBuf,
     },
+    /// Run a simulator of one of Tether's peers.
+    #[command(subcommand)]
+    Sim(SimCommand),
+    /// Run the cloud emulator, an SDK-like app and Tether together, and narrate what happens.
+    Demo(tether::demo::DemoArgs),
+    /// Measure Tether (figures printed, ratios against a baseline measured in the same run).
+    #[command(subcommand)]
+    Bench(tether::bench::BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum SimCommand {
+    /// The MentraOS cloud's app-facing side: webhooks, /app-ws, streams, and a control API.
+    Cloud(tether::sim::cloud::CloudSimArgs),
+    /// An app server that behaves like one built on @mentra/sdk 2.1.29.
+    App(tether::sim::app::AppSimArgs),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -78,6 +94,16 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Sim(SimCommand::Cloud(args)) => {
+            init_tracing("info", LogFormat::Auto);
+            runtime(tether::sim::cloud::run_cli(args))
+        }
+        Command::Sim(SimCommand::App(args)) => {
+            init_tracing("info", LogFormat::Auto);
+            runtime(tether::sim::app::run_cli(args))
+        }
+        Command::Demo(args) => runtime(tether::demo::run(args)),
+        Command::Bench(cmd) => runtime(tether::bench::run(cmd)),
         Command::Run { config, shutdown_grace } => {
             let cfg = match Config::load(config.as_deref()) {
                 Ok(cfg) => cfg,
