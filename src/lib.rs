@@ -7,6 +7,7 @@
 //! - [`upstream`]: the cloud side (dialling, HTTP forwarding, known clouds).
 //! - [`downstream`]: the app side (local listener, reverse proxy to the app).
 //! - [`webhook`]: the cloud's `POST /webhook` intake.
+//! - [`registry`]: registering the app server with the cloud on its behalf.
 //! - [`admin`]: health, readiness, metrics and the session list.
 //! - [`runtime`]: binds listeners and wires the shared state.
 //! - [`sim`]: a cloud emulator and an SDK-like app, used by tests, benchmarks and the demo.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod demo;
 pub mod downstream;
 pub mod protocol;
+pub mod registry;
 pub mod runtime;
 pub mod serve;
 pub mod session;

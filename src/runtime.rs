@@ -15,8 +15,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
-use crate::serve::{self, Body};
 use crate::downstream::health::AppHealth;
+use crate::serve::{self, Body};
 use crate::session::buffer::GlobalBytes;
 use crate::session::registry::Registry;
 use crate::upstream::clouds::CloudTable;
@@ -41,6 +41,8 @@ pub struct Shared {
     pub buffers: Arc<GlobalBytes>,
     /// Bounds webhooks re-sent to a restarted app at once.
     pub refire_slots: tokio::sync::Semaphore,
+    /// Registration with the cloud.
+    pub registration: crate::registry::Status,
 }
 
 /// Why Tether could not start.
@@ -69,7 +71,13 @@ pub struct Running {
 const HTTP_DRAIN: Duration = Duration::from_secs(5);
 
 async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { which, addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            which,
+            addr,
+            source,
+        })
 }
 
 /// Binds every listener and starts serving; returns once all are bound.
@@ -107,9 +115,12 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         health: AppHealth::default(),
         buffers: GlobalBytes::new(config.buffer.global_max_bytes),
         refire_slots: tokio::sync::Semaphore::new(config.session.refire_concurrency),
+        registration: crate::registry::Status::default(),
         config: Arc::new(config),
     });
-    shared.tracker.spawn(crate::downstream::health::run(shared.clone()));
+    shared
+        .tracker
+        .spawn(crate::downstream::health::run(shared.clone()));
     let addr_of = |l: &TcpListener| l.local_addr().ok();
     let running = Running {
         public: addr_of(&public).unwrap_or(shared.config.listen.public),
@@ -129,9 +140,13 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         }
     });
     let s = shared.clone();
-    spawn_listener(&shared, local, move |req, _| crate::downstream::listener::handle(s.clone(), req));
+    spawn_listener(&shared, local, move |req, _| {
+        crate::downstream::listener::handle(s.clone(), req)
+    });
     let s = shared.clone();
-    spawn_listener(&shared, admin, move |req, _| crate::admin::server::handle(s.clone(), req));
+    spawn_listener(&shared, admin, move |req, _| {
+        crate::admin::server::handle(s.clone(), req)
+    });
     tracing::info!(
         public = %running.public, local = %running.local, admin = %running.admin,
         app = %shared.config.app.url, "tether listening"
@@ -157,7 +172,10 @@ impl Running {
         shared.draining.store(true, Ordering::Relaxed);
         shared.cancel.cancel();
         shared.tracker.close();
-        if tokio::time::timeout(grace, shared.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, shared.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(?grace, "shutdown grace ran out with tasks still running");
         }
     }

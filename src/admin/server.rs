@@ -17,7 +17,10 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
-    let verbose = req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "verbose"));
+    let verbose = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "verbose"));
     match req.uri().path() {
         "/livez" | "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => readyz(&shared, verbose),
@@ -25,11 +28,16 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
             let rows = shared.sessions.rows(Instant::now());
             let frames: u64 = rows.iter().map(|r| r.buffered_frames).sum();
             shared.metrics.buffered_frames.set(frames as i64);
-            shared.metrics.buffered_bytes.set(shared.buffers.used() as i64);
+            shared
+                .metrics
+                .buffered_bytes
+                .set(shared.buffers.used() as i64);
             let mut resp = Response::new(full(shared.metrics.encode()));
             resp.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                hyper::header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             resp
         }
@@ -43,16 +51,30 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
 
 fn readyz(shared: &Shared, verbose: bool) -> Response<Body> {
     let draining = shared.draining.load(Ordering::Relaxed);
-    let checks = [("listeners", true), ("not-draining", !draining)];
+    // Readiness never waits on the cloud unless registration is configured as required.
+    let registered = !shared.config.registration.required || shared.registration.is_registered();
+    let checks = [("listeners", true), ("not-draining", !draining), ("registration", registered)];
     let ok = checks.iter().all(|(_, pass)| *pass);
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     if !verbose {
         return text(status, if ok { "ok\n" } else { "not ready\n" });
     }
     let mut body = String::new();
     for (name, pass) in checks {
-        body.push_str(&format!("[{}]{name} {}\n", if pass { "+" } else { "-" }, if pass { "ok" } else { "failed" }));
+        body.push_str(&format!(
+            "[{}]{name} {}\n",
+            if pass { "+" } else { "-" },
+            if pass { "ok" } else { "failed" }
+        ));
     }
-    body.push_str(&format!("sessions {}\nclouds {}\n", shared.sessions.len(), shared.clouds.len()));
+    body.push_str(&format!(
+        "sessions {}\nclouds {}\n",
+        shared.sessions.len(),
+        shared.clouds.len()
+    ));
     text(status, body)
 }

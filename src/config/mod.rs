@@ -48,6 +48,20 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
+/// How Tether keeps the cloud link alive and notices it dying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeartbeatMode {
+    /// WebSocket protocol pings (every cloud answers them).
+    WsPing,
+    /// JSON `{"type":"ping"}`, answered with `pong` by newer clouds.
+    JsonPing,
+    /// The seed design's `heartbeat` / `heartbeat_ack` messages.
+    Seed,
+    /// No heartbeat of Tether's own; a dead link is noticed only when it closes.
+    Off,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -75,6 +89,8 @@ struct RawConfig {
     session: RawSession,
     #[serde(default)]
     buffer: RawBuffer,
+    #[serde(default)]
+    registration: RawRegistration,
     #[serde(default)]
     log: RawLog,
 }
@@ -127,6 +143,24 @@ struct RawCloud {
     ws_url: Option<String>,
     connect_timeout_ms: Option<u64>,
     http_timeout_ms: Option<u64>,
+    heartbeat: Option<HeartbeatMode>,
+    heartbeat_interval_ms: Option<u64>,
+    heartbeat_misses: Option<u32>,
+    reconnect_base_ms: Option<u64>,
+    reconnect_max_ms: Option<u64>,
+    resurrection_wait_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistration {
+    enabled: Option<bool>,
+    url: Option<String>,
+    server_url: Option<String>,
+    required: Option<bool>,
+    refresh_interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +189,7 @@ pub struct Config {
     pub limits: Limits,
     pub session: SessionConfig,
     pub buffer: BufferConfig,
+    pub registration: RegistrationConfig,
     pub log: LogConfig,
 }
 
@@ -190,6 +225,31 @@ pub struct CloudConfig {
     pub ws_url: Option<Url>,
     pub connect_timeout: Duration,
     pub http_timeout: Duration,
+    pub heartbeat: HeartbeatMode,
+    pub heartbeat_interval: Duration,
+    /// Silent intervals before the link counts as dead.
+    pub heartbeat_misses: u32,
+    /// Full-jitter exponential backoff between reconnect attempts (the first is immediate).
+    pub reconnect_base: Duration,
+    pub reconnect_max: Duration,
+    /// After the cloud refuses a re-init, how long to wait for its resurrection webhooks.
+    pub resurrection_wait: Duration,
+}
+
+/// Registering the app server with the cloud (the seed design; the production cloud removed
+/// this API, so a 404 is tolerated unless `required`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationConfig {
+    pub enabled: bool,
+    /// The cloud's HTTP base; default: `cloud.ws_url` with an http(s) scheme.
+    pub url: Option<Url>,
+    /// Tether's public URL, sent as `serverUrl`; default `http://<listen.public>`.
+    pub server_url: Option<String>,
+    /// `/readyz` fails until registered.
+    pub required: bool,
+    pub refresh_interval: Duration,
+    pub timeout: Duration,
+    pub backoff_max: Duration,
 }
 
 /// Size and time limits.
@@ -245,10 +305,12 @@ impl Config {
     /// Reads `path` (when given) and the process environment.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let text = match path {
-            Some(p) => Some(std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                path: p.to_path_buf(),
-                source,
-            })?),
+            Some(p) => Some(
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?,
+            ),
             None => None,
         };
         let origin = path.map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
@@ -303,10 +365,12 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Resul
     set(&mut raw.cloud.ws_url, "TETHER_CLOUD_WS_URL");
     set(&mut raw.log.level, "TETHER_LOG_LEVEL");
     if let Some(v) = env("TETHER_MAX_FRAME_BYTES") {
-        raw.limits.max_frame_bytes = Some(v.trim().parse().map_err(|_| invalid(
-            "TETHER_MAX_FRAME_BYTES",
-            format!("expected a byte count, got {v:?}"),
-        ))?);
+        raw.limits.max_frame_bytes = Some(v.trim().parse().map_err(|_| {
+            invalid(
+                "TETHER_MAX_FRAME_BYTES",
+                format!("expected a byte count, got {v:?}"),
+            )
+        })?);
     }
     if let Some(v) = env("TETHER_LOG_FORMAT") {
         raw.log.format = Some(match v.trim() {
@@ -341,15 +405,21 @@ fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
 
 fn addr(key: &str, value: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
     let text = value.unwrap_or_else(|| default.to_string());
-    text.trim()
-        .parse()
-        .map_err(|_| invalid(key, format!("expected host:port with a numeric IP, got {text:?}")))
+    text.trim().parse().map_err(|_| {
+        invalid(
+            key,
+            format!("expected host:port with a numeric IP, got {text:?}"),
+        )
+    })
 }
 
 fn millis(key: &str, value: Option<u64>, default: u64, max: u64) -> Result<Duration, ConfigError> {
     let ms = value.unwrap_or(default);
     if ms == 0 || ms > max {
-        return Err(invalid(key, format!("must be between 1 and {max} ms, got {ms}")));
+        return Err(invalid(
+            key,
+            format!("must be between 1 and {max} ms, got {ms}"),
+        ));
     }
     Ok(Duration::from_millis(ms))
 }
@@ -358,14 +428,20 @@ fn ws_url(key: &str, text: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(text.trim()).map_err(|e| invalid(key, format!("{e}: {text:?}")))?;
     match url.scheme() {
         "ws" | "wss" if url.host_str().is_some() => Ok(url),
-        _ => Err(invalid(key, format!("expected a ws:// or wss:// URL, got {text:?}"))),
+        _ => Err(invalid(
+            key,
+            format!("expected a ws:// or wss:// URL, got {text:?}"),
+        )),
     }
 }
 
 fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
     if let Some(v) = raw.version {
         if v != 1 {
-            return Err(invalid("version", format!("only version 1 is known, got {v}")));
+            return Err(invalid(
+                "version",
+                format!("only version 1 is known, got {v}"),
+            ));
         }
     }
     let listen = ListenConfig {
@@ -374,7 +450,10 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
         admin: addr("listen.admin", raw.listen.admin, "0.0.0.0:9090")?,
         local_advertise: raw.listen.local_advertise.filter(|s| !s.trim().is_empty()),
     };
-    let app_url_text = raw.app.url.unwrap_or_else(|| "http://127.0.0.1:7010".into());
+    let app_url_text = raw
+        .app
+        .url
+        .unwrap_or_else(|| "http://127.0.0.1:7010".into());
     let app_url = Url::parse(app_url_text.trim())
         .map_err(|e| invalid("app.url", format!("{e}: {app_url_text:?}")))?;
     if !matches!(app_url.scheme(), "http") || app_url.host_str().is_none() {
@@ -392,40 +471,160 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
         package_name: raw.app.package_name.filter(|s| !s.trim().is_empty()),
         api_key,
         health_path,
-        webhook_timeout: millis("app.webhook_timeout_ms", raw.app.webhook_timeout_ms, 9_000, 60_000)?,
-        connect_timeout: millis("app.connect_timeout_ms", raw.app.connect_timeout_ms, 2_000, 60_000)?,
+        webhook_timeout: millis(
+            "app.webhook_timeout_ms",
+            raw.app.webhook_timeout_ms,
+            9_000,
+            60_000,
+        )?,
+        connect_timeout: millis(
+            "app.connect_timeout_ms",
+            raw.app.connect_timeout_ms,
+            2_000,
+            60_000,
+        )?,
     };
     let cloud = CloudConfig {
         ws_url: match raw.cloud.ws_url.filter(|s| !s.trim().is_empty()) {
             Some(text) => Some(ws_url("cloud.ws_url", &text)?),
             None => None,
         },
-        connect_timeout: millis("cloud.connect_timeout_ms", raw.cloud.connect_timeout_ms, 5_000, 60_000)?,
-        http_timeout: millis("cloud.http_timeout_ms", raw.cloud.http_timeout_ms, 20_000, 300_000)?,
+        connect_timeout: millis(
+            "cloud.connect_timeout_ms",
+            raw.cloud.connect_timeout_ms,
+            5_000,
+            60_000,
+        )?,
+        http_timeout: millis(
+            "cloud.http_timeout_ms",
+            raw.cloud.http_timeout_ms,
+            20_000,
+            300_000,
+        )?,
+        heartbeat: raw.cloud.heartbeat.unwrap_or(HeartbeatMode::WsPing),
+        heartbeat_interval: millis(
+            "cloud.heartbeat_interval_ms",
+            raw.cloud.heartbeat_interval_ms,
+            10_000,
+            600_000,
+        )?,
+        heartbeat_misses: raw.cloud.heartbeat_misses.unwrap_or(3).max(1),
+        reconnect_base: millis(
+            "cloud.reconnect_base_ms",
+            raw.cloud.reconnect_base_ms,
+            100,
+            60_000,
+        )?,
+        reconnect_max: millis(
+            "cloud.reconnect_max_ms",
+            raw.cloud.reconnect_max_ms,
+            5_000,
+            300_000,
+        )?,
+        resurrection_wait: millis(
+            "cloud.resurrection_wait_ms",
+            raw.cloud.resurrection_wait_ms,
+            15_000,
+            300_000,
+        )?,
     };
-    let max_frame_bytes = raw.limits.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME_BYTES);
+    if cloud.reconnect_max < cloud.reconnect_base {
+        return Err(invalid(
+            "cloud.reconnect_max_ms",
+            "must not be below cloud.reconnect_base_ms",
+        ));
+    }
+    let rr = raw.registration;
+    let registration = RegistrationConfig {
+        enabled: rr.enabled.unwrap_or(false),
+        url: match rr.url.filter(|s| !s.trim().is_empty()) {
+            Some(text) => {
+                let url = Url::parse(text.trim())
+                    .map_err(|e| invalid("registration.url", format!("{e}: {text:?}")))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(invalid(
+                        "registration.url",
+                        format!("expected an http(s) URL, got {text:?}"),
+                    ));
+                }
+                Some(url)
+            }
+            None => None,
+        },
+        server_url: rr.server_url.filter(|s| !s.trim().is_empty()),
+        required: rr.required.unwrap_or(false),
+        refresh_interval: millis(
+            "registration.refresh_interval_ms",
+            rr.refresh_interval_ms,
+            60_000,
+            86_400_000,
+        )?,
+        timeout: millis("registration.timeout_ms", rr.timeout_ms, 5_000, 60_000)?,
+        backoff_max: millis(
+            "registration.backoff_max_ms",
+            rr.backoff_max_ms,
+            30_000,
+            3_600_000,
+        )?,
+    };
+    if registration.required && !registration.enabled {
+        return Err(invalid(
+            "registration.required",
+            "needs registration.enabled: true",
+        ));
+    }
+    let max_frame_bytes = raw
+        .limits
+        .max_frame_bytes
+        .unwrap_or(DEFAULT_MAX_FRAME_BYTES);
     if !(1024..=256 * 1024 * 1024).contains(&max_frame_bytes) {
-        return Err(invalid("limits.max_frame_bytes", "must be between 1 KiB and 256 MiB"));
+        return Err(invalid(
+            "limits.max_frame_bytes",
+            "must be between 1 KiB and 256 MiB",
+        ));
     }
     let ws_read_buffer_bytes = raw.limits.ws_read_buffer_bytes.unwrap_or(16 * 1024);
     if !(1024..=1024 * 1024).contains(&ws_read_buffer_bytes) {
-        return Err(invalid("limits.ws_read_buffer_bytes", "must be between 1 KiB and 1 MiB"));
+        return Err(invalid(
+            "limits.ws_read_buffer_bytes",
+            "must be between 1 KiB and 1 MiB",
+        ));
     }
     let limits = Limits {
         max_frame_bytes,
         max_webhook_body_bytes: raw.limits.max_webhook_body_bytes.unwrap_or(1024 * 1024),
         ws_read_buffer_bytes,
-        init_timeout: millis("limits.init_timeout_ms", raw.limits.init_timeout_ms, 10_000, 120_000)?,
+        init_timeout: millis(
+            "limits.init_timeout_ms",
+            raw.limits.init_timeout_ms,
+            10_000,
+            120_000,
+        )?,
         max_clouds: raw.limits.max_clouds.unwrap_or(64).max(1),
     };
     let rs = raw.session;
     let session = SessionConfig {
         hold_window: millis("session.hold_window_ms", rs.hold_window_ms, 60_000, 300_000)?,
-        intent_window: millis("session.intent_window_ms", rs.intent_window_ms, 2_000, 60_000)?,
+        intent_window: millis(
+            "session.intent_window_ms",
+            rs.intent_window_ms,
+            2_000,
+            60_000,
+        )?,
         replay_wait: millis("session.replay_wait_ms", rs.replay_wait_ms, 1_000, 30_000)?,
-        app_ping_interval: millis("session.app_ping_interval_ms", rs.app_ping_interval_ms, 5_000, 60_000)?,
+        app_ping_interval: millis(
+            "session.app_ping_interval_ms",
+            rs.app_ping_interval_ms,
+            5_000,
+            60_000,
+        )?,
         app_ping_misses: rs.app_ping_misses.unwrap_or(3).max(1),
-        probe_interval: millis("session.probe_interval_ms", rs.probe_interval_ms, 100, 5_000)?,
+        probe_interval: millis(
+            "session.probe_interval_ms",
+            rs.probe_interval_ms,
+            100,
+            5_000,
+        )?,
         webhook_hold: millis("session.webhook_hold_ms", rs.webhook_hold_ms, 8_000, 9_500)?,
         refire_concurrency: rs.refire_concurrency.unwrap_or(16).max(1),
     };
@@ -433,7 +632,12 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
     let buffer = BufferConfig {
         down_max_frames: rb.down_max_frames.unwrap_or(1_000).max(1),
         down_max_bytes: rb.down_max_bytes.unwrap_or(1 << 20).max(1024),
-        down_max_age: millis("buffer.down_max_age_ms", rb.down_max_age_ms, 60_000, 600_000)?,
+        down_max_age: millis(
+            "buffer.down_max_age_ms",
+            rb.down_max_age_ms,
+            60_000,
+            600_000,
+        )?,
         global_max_bytes: rb.global_max_bytes.unwrap_or(64 << 20).max(1024),
     };
     let log = LogConfig {
@@ -447,6 +651,7 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
         limits,
         session,
         buffer,
+        registration,
         log,
     })
 }
@@ -456,7 +661,12 @@ mod tests {
     use super::*;
 
     fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
@@ -486,10 +696,14 @@ mod tests {
             ("TETHER_API_KEY", "abc123"),
             ("TETHER_PACKAGE_NAME", "com.example.x"),
         ]);
-        let c = Config::from_sources(Some("listen:\n  public: 0.0.0.0:1\n"), "t", &env).expect("cfg");
+        let c =
+            Config::from_sources(Some("listen:\n  public: 0.0.0.0:1\n"), "t", &env).expect("cfg");
         assert_eq!(c.listen.public.to_string(), "127.0.0.1:0");
         assert_eq!(c.app.url.port(), Some(9999));
-        assert_eq!(c.cloud.ws_url.as_ref().map(Url::as_str), Some("wss://cloud.example/app-ws"));
+        assert_eq!(
+            c.cloud.ws_url.as_ref().map(Url::as_str),
+            Some("wss://cloud.example/app-ws")
+        );
         assert_eq!(c.app.api_key.expose(), "abc123");
         assert!(!format!("{c:?}").contains("abc123"));
     }
