@@ -89,6 +89,12 @@ pub struct Metrics {
     refires: Family<OutcomeLabels, Counter>,
     app_disconnects: Family<CauseLabels, Counter>,
     recovery_seconds: Histogram,
+    cloud_disconnects: Family<CauseLabels, Counter>,
+    cloud_reconnect_attempts: Counter,
+    cloud_reacked_seconds: Histogram,
+    resurrections_healed: Counter,
+    duplicate_webhooks: Counter,
+    heartbeat_bytes: [Counter; 2],
     /// Frames and bytes buffered across sessions; set when scraped.
     pub buffered_frames: Gauge,
     pub buffered_bytes: Gauge,
@@ -125,14 +131,28 @@ impl Metrics {
                 );
             }
         }
-        registry.register("frames", "WebSocket frames relayed, by direction and kind", frames_family);
+        registry.register(
+            "frames",
+            "WebSocket frames relayed, by direction and kind",
+            frames_family,
+        );
         let per_dir = |registry: &mut Registry, name: &str, help: &str| -> [Counter; 2] {
             let family = Family::<DirLabels, Counter>::default();
-            let counters = Direction::ALL.map(|d| family.get_or_create(&DirLabels { direction: d.label() }).clone());
+            let counters = Direction::ALL.map(|d| {
+                family
+                    .get_or_create(&DirLabels {
+                        direction: d.label(),
+                    })
+                    .clone()
+            });
             registry.register(name, help, family);
             counters
         };
-        let bytes = per_dir(&mut registry, "bytes", "WebSocket payload bytes relayed, by direction");
+        let bytes = per_dir(
+            &mut registry,
+            "bytes",
+            "WebSocket payload bytes relayed, by direction",
+        );
         let malformed = per_dir(
             &mut registry,
             "malformed_frames",
@@ -146,7 +166,11 @@ impl Metrics {
         let sessions = Family::<StateLabels, Gauge>::default();
         registry.register("sessions", "Sessions by state", sessions.clone());
         let webhooks = Family::<WebhookLabels, Counter>::default();
-        registry.register("webhooks", "Webhooks received from the cloud, by type and outcome", webhooks.clone());
+        registry.register(
+            "webhooks",
+            "Webhooks received from the cloud, by type and outcome",
+            webhooks.clone(),
+        );
         let cloud_connect_failures = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "cloud_connect_failures",
@@ -154,7 +178,11 @@ impl Metrics {
             cloud_connect_failures.clone(),
         );
         let session_ends = Family::<ReasonLabels, Counter>::default();
-        registry.register("session_ends", "Sessions ended, by reason", session_ends.clone());
+        registry.register(
+            "session_ends",
+            "Sessions ended, by reason",
+            session_ends.clone(),
+        );
         let proxy_requests = Family::<ProxyLabels, Counter>::default();
         registry.register(
             "proxy_requests",
@@ -168,24 +196,100 @@ impl Metrics {
             dropped.clone(),
         );
         let recoveries = Family::<OutcomeLabels, Counter>::default();
-        registry.register("recoveries", "App reconnections after a loss, by outcome", recoveries.clone());
+        registry.register(
+            "recoveries",
+            "App reconnections after a loss, by outcome",
+            recoveries.clone(),
+        );
         let refires = Family::<OutcomeLabels, Counter>::default();
-        registry.register("webhook_refires", "Webhooks re-sent to a restarted app, by outcome", refires.clone());
+        registry.register(
+            "webhook_refires",
+            "Webhooks re-sent to a restarted app, by outcome",
+            refires.clone(),
+        );
         let app_disconnects = Family::<CauseLabels, Counter>::default();
-        registry.register("app_disconnects", "App sockets lost while their session was held, by cause", app_disconnects.clone());
-        let recovery_seconds = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        registry.register(
+            "app_disconnects",
+            "App sockets lost while their session was held, by cause",
+            app_disconnects.clone(),
+        );
+        let recovery_seconds = Histogram::new([
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
         registry.register(
             "recovery_seconds",
             "From the app being seen healthy again (or reconnecting) to its first replayed frame",
             recovery_seconds.clone(),
         );
         let buffered_frames = Gauge::default();
-        registry.register("buffered_frames", "Frames buffered for apps that are away", buffered_frames.clone());
+        registry.register(
+            "buffered_frames",
+            "Frames buffered for apps that are away",
+            buffered_frames.clone(),
+        );
         let buffered_bytes = Gauge::default();
-        registry.register("buffered_bytes", "Bytes buffered for apps that are away", buffered_bytes.clone());
+        registry.register(
+            "buffered_bytes",
+            "Bytes buffered for apps that are away",
+            buffered_bytes.clone(),
+        );
         let app_healthy = Gauge::default();
-        registry.register("app_healthy", "1 while the app server's health probe passes", app_healthy.clone());
+        registry.register(
+            "app_healthy",
+            "1 while the app server's health probe passes",
+            app_healthy.clone(),
+        );
+        let cloud_disconnects = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "cloud_disconnects",
+            "Cloud links lost and being healed, by cause (closed, lost, silent)",
+            cloud_disconnects.clone(),
+        );
+        let cloud_reconnect_attempts = Counter::default();
+        registry.register(
+            "cloud_reconnect_attempts",
+            "Dials of a cloud link being healed",
+            cloud_reconnect_attempts.clone(),
+        );
+        let cloud_reacked_seconds = Histogram::new([
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ]);
+        registry.register(
+            "cloud_reacked_seconds",
+            "From a cloud link lost to the re-init acknowledged",
+            cloud_reacked_seconds.clone(),
+        );
+        let resurrections_healed = Counter::default();
+        registry.register(
+            "resurrections_healed",
+            "Sessions the cloud dropped and resurrected, healed under the same app connection",
+            resurrections_healed.clone(),
+        );
+        let duplicate_webhooks = Counter::default();
+        registry.register(
+            "duplicate_webhooks_absorbed",
+            "session_request webhooks for a session Tether already holds, answered without the app",
+            duplicate_webhooks.clone(),
+        );
+        let hb = Family::<DirLabels, Counter>::default();
+        let heartbeat_bytes = Direction::ALL.map(|d| {
+            hb.get_or_create(&DirLabels {
+                direction: d.label(),
+            })
+            .clone()
+        });
+        registry.register(
+            "heartbeat_bytes",
+            "Bytes of Tether's own cloud heartbeats, by direction",
+            hb,
+        );
         Metrics {
+            cloud_disconnects,
+            cloud_reconnect_attempts,
+            cloud_reacked_seconds,
+            resurrections_healed,
+            duplicate_webhooks,
+            heartbeat_bytes,
             dropped,
             recoveries,
             refires,
@@ -236,17 +340,26 @@ impl Metrics {
 
     /// Counts a webhook by type and outcome.
     pub fn webhook(&self, ty: &'static str, outcome: &'static str) {
-        self.webhooks.get_or_create(&WebhookLabels { r#type: ty, outcome }).inc();
+        self.webhooks
+            .get_or_create(&WebhookLabels {
+                r#type: ty,
+                outcome,
+            })
+            .inc();
     }
 
     /// Counts a failed cloud dial.
     pub fn cloud_connect_failure(&self, reason: &'static str) {
-        self.cloud_connect_failures.get_or_create(&ReasonLabels { reason }).inc();
+        self.cloud_connect_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Counts an ended session.
     pub fn session_end(&self, reason: &'static str) {
-        self.session_ends.get_or_create(&ReasonLabels { reason }).inc();
+        self.session_ends
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Counts a proxied HTTP request.
@@ -261,12 +374,16 @@ impl Metrics {
 
     /// Counts a frame given up.
     pub fn dropped(&self, stream: &'static str, reason: &'static str) {
-        self.dropped.get_or_create(&DropLabels { stream, reason }).inc();
+        self.dropped
+            .get_or_create(&DropLabels { stream, reason })
+            .inc();
     }
 
     /// Counts a recovery outcome, with its latency when it succeeded.
     pub fn recovery(&self, outcome: &'static str, latency: Option<std::time::Duration>) {
-        self.recoveries.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.recoveries
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
         if let Some(l) = latency {
             self.recovery_seconds.observe(l.as_secs_f64());
         }
@@ -279,7 +396,39 @@ impl Metrics {
 
     /// Counts an app socket lost by a held session.
     pub fn app_disconnect(&self, cause: &'static str) {
-        self.app_disconnects.get_or_create(&CauseLabels { cause }).inc();
+        self.app_disconnects
+            .get_or_create(&CauseLabels { cause })
+            .inc();
+    }
+
+    /// Counts a cloud link lost.
+    pub fn cloud_disconnect(&self, cause: &'static str) {
+        self.cloud_disconnects
+            .get_or_create(&CauseLabels { cause })
+            .inc();
+    }
+
+    /// Counts a reconnect dial.
+    pub fn cloud_reconnect_attempt(&self) {
+        self.cloud_reconnect_attempts.inc();
+    }
+
+    /// Records a healed cloud link.
+    pub fn cloud_reacked(&self, outage: std::time::Duration, resurrected: bool) {
+        self.cloud_reacked_seconds.observe(outage.as_secs_f64());
+        if resurrected {
+            self.resurrections_healed.inc();
+        }
+    }
+
+    /// Counts a duplicate webhook answered without the app.
+    pub fn duplicate_webhook(&self) {
+        self.duplicate_webhooks.inc();
+    }
+
+    /// Counts heartbeat bytes (`Up` = sent to the cloud).
+    pub fn heartbeat_bytes(&self, dir: Direction, n: usize) {
+        self.heartbeat_bytes[dir_index(dir)].inc_by(n as u64);
     }
 
     /// The exposition text (OpenMetrics).
@@ -312,10 +461,27 @@ mod tests {
         m.webhook("session_request", "ok");
         m.session_state(None, Some("live"));
         let text = m.encode();
-        assert!(text.contains(r#"tether_frames_total{direction="app_to_cloud",kind="display_event"} 2"#), "{text}");
-        assert!(text.contains(r#"tether_bytes_total{direction="app_to_cloud"} 15"#), "{text}");
-        assert!(text.contains(r#"tether_malformed_frames_total{direction="cloud_to_app"} 1"#), "{text}");
-        assert!(text.contains(r#"tether_webhooks_total{type="session_request",outcome="ok"} 1"#), "{text}");
-        assert!(text.contains(r#"tether_sessions{state="live"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"tether_frames_total{direction="app_to_cloud",kind="display_event"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tether_bytes_total{direction="app_to_cloud"} 15"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tether_malformed_frames_total{direction="cloud_to_app"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tether_webhooks_total{type="session_request",outcome="ok"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tether_sessions{state="live"} 1"#),
+            "{text}"
+        );
     }
 }

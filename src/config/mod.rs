@@ -111,6 +111,9 @@ struct RawSession {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBuffer {
+    up_max_frames: Option<usize>,
+    up_max_bytes: Option<usize>,
+    up_max_age_ms: Option<u64>,
     down_max_frames: Option<usize>,
     down_max_bytes: Option<usize>,
     down_max_age_ms: Option<u64>,
@@ -149,6 +152,7 @@ struct RawCloud {
     reconnect_base_ms: Option<u64>,
     reconnect_max_ms: Option<u64>,
     resurrection_wait_ms: Option<u64>,
+    stop_hold_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -234,6 +238,9 @@ pub struct CloudConfig {
     pub reconnect_max: Duration,
     /// After the cloud refuses a re-init, how long to wait for its resurrection webhooks.
     pub resurrection_wait: Duration,
+    /// A `stop_request` for a session whose cloud link is down is held this long to see
+    /// whether the `session_request` of a resurrection follows.
+    pub stop_hold: Duration,
 }
 
 /// Registering the app server with the cloud (the seed design; the production cloud removed
@@ -285,6 +292,9 @@ pub struct SessionConfig {
 /// Bounds of the buffers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BufferConfig {
+    pub up_max_frames: usize,
+    pub up_max_bytes: usize,
+    pub up_max_age: Duration,
     pub down_max_frames: usize,
     pub down_max_bytes: usize,
     pub down_max_age: Duration,
@@ -527,6 +537,7 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
             15_000,
             300_000,
         )?,
+        stop_hold: millis("cloud.stop_hold_ms", raw.cloud.stop_hold_ms, 3_000, 60_000)?,
     };
     if cloud.reconnect_max < cloud.reconnect_base {
         return Err(invalid(
@@ -630,6 +641,9 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
     };
     let rb = raw.buffer;
     let buffer = BufferConfig {
+        up_max_frames: rb.up_max_frames.unwrap_or(256).max(1),
+        up_max_bytes: rb.up_max_bytes.unwrap_or(256 << 10).max(1024),
+        up_max_age: millis("buffer.up_max_age_ms", rb.up_max_age_ms, 30_000, 600_000)?,
         down_max_frames: rb.down_max_frames.unwrap_or(1_000).max(1),
         down_max_bytes: rb.down_max_bytes.unwrap_or(1 << 20).max(1024),
         down_max_age: millis(

@@ -123,6 +123,8 @@ kinds! {
     RequestWifiSetup => "request_wifi_setup",
     OwnershipRelease => "ownership_release",
     Ping => "ping",
+    Heartbeat => "heartbeat",
+    HeartbeatAck => "heartbeat_ack",
     Pong => "pong",
     Reconnect => "reconnect",
     ReconnectAck => "reconnect_ack",
@@ -180,7 +182,8 @@ impl<'a> ConnectionError<'a> {
             message,
             timestamp,
         };
-        serde_json::to_string(&err).unwrap_or_else(|_| String::from(r#"{"type":"tpa_connection_error"}"#))
+        serde_json::to_string(&err)
+            .unwrap_or_else(|_| String::from(r#"{"type":"tpa_connection_error"}"#))
     }
 }
 
@@ -234,8 +237,14 @@ mod tests {
 
     #[test]
     fn classifies_text_frames() {
-        assert_eq!(Kind::of_text(r#"{"type":"data_stream","data":{"type":"x"}}"#), Kind::DataStream);
-        assert_eq!(Kind::of_text(r#"{"type":"brand_new_thing"}"#), Kind::Unknown);
+        assert_eq!(
+            Kind::of_text(r#"{"type":"data_stream","data":{"type":"x"}}"#),
+            Kind::DataStream
+        );
+        assert_eq!(
+            Kind::of_text(r#"{"type":"brand_new_thing"}"#),
+            Kind::Unknown
+        );
         assert_eq!(Kind::of_text(r#"{"no_type":1}"#), Kind::Unknown);
         assert_eq!(Kind::of_text("{oops"), Kind::Malformed);
     }

@@ -19,7 +19,10 @@ pub struct Malformed {
 /// `Ok(None)`: the object has no such key, or its value is not a string. `Err`: the text is
 /// not an object, or breaks before the key is found. Bytes after the key are not checked.
 pub fn top_level_str<'a>(text: &'a str, key: &str) -> Result<Option<Cow<'a, str>>, Malformed> {
-    let mut s = Scanner { b: text.as_bytes(), i: 0 };
+    let mut s = Scanner {
+        b: text.as_bytes(),
+        i: 0,
+    };
     s.ws();
     s.eat(b'{')?;
     s.ws();
@@ -82,7 +85,9 @@ impl Scanner<'_> {
         if self.next() == Some(want) {
             Ok(())
         } else {
-            Err(Malformed { at: self.i.saturating_sub(1) })
+            Err(Malformed {
+                at: self.i.saturating_sub(1),
+            })
         }
     }
 
@@ -132,7 +137,10 @@ impl Scanner<'_> {
             }
             Some(_) => {
                 let start = self.i;
-                while !matches!(self.peek(), None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')) {
+                while !matches!(
+                    self.peek(),
+                    None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+                ) {
                     self.i += 1;
                 }
                 if self.i == start {
@@ -158,8 +166,14 @@ mod tests {
     #[test]
     fn table() {
         let cases: &[(&str, Result<Option<&str>, ()>)] = &[
-            (r#"{"type":"data_stream","data":{"type":"inner"}}"#, Ok(Some("data_stream"))),
-            (r#"{"data":{"type":"inner","x":[1,{"type":"deep"}]},"type":"outer"}"#, Ok(Some("outer"))),
+            (
+                r#"{"type":"data_stream","data":{"type":"inner"}}"#,
+                Ok(Some("data_stream")),
+            ),
+            (
+                r#"{"data":{"type":"inner","x":[1,{"type":"deep"}]},"type":"outer"}"#,
+                Ok(Some("outer")),
+            ),
             (r#" { "a" : "}\"{" , "type" : "t" } "#, Ok(Some("t"))),
             (r#"{"type":"tab\tbed"}"#, Ok(Some("tab\tbed"))),
             (r#"{"a":1,"b":true,"c":null}"#, Ok(None)),
@@ -174,7 +188,11 @@ mod tests {
         for (text, want) in cases {
             let got = ty(text);
             match want {
-                Ok(v) => assert_eq!(got.as_ref().ok().cloned().flatten().as_deref(), *v, "{text}"),
+                Ok(v) => assert_eq!(
+                    got.as_ref().ok().cloned().flatten().as_deref(),
+                    *v,
+                    "{text}"
+                ),
                 Err(()) => assert!(got.is_err(), "{text} -> {got:?}"),
             }
         }

@@ -106,25 +106,43 @@ impl ReplayBuffer {
         let mut dropped = self.expire(now);
         let len = frame.len();
         if len > self.limits.max_bytes || len > self.global.cap {
-            dropped.push(Dropped { stream, reason: "too_big" });
+            dropped.push(Dropped {
+                stream,
+                reason: "too_big",
+            });
             return dropped;
         }
         while !self.q.is_empty()
-            && (self.q.len() >= self.limits.max_frames || self.bytes + len > self.limits.max_bytes || self.global.over(len))
+            && (self.q.len() >= self.limits.max_frames
+                || self.bytes + len > self.limits.max_bytes
+                || self.global.over(len))
         {
-            let reason = if self.global.over(len) && self.q.len() < self.limits.max_frames && self.bytes + len <= self.limits.max_bytes {
+            let reason = if self.global.over(len)
+                && self.q.len() < self.limits.max_frames
+                && self.bytes + len <= self.limits.max_bytes
+            {
                 "global_cap"
             } else {
                 "overflow"
             };
-            let victim = self.q.iter().position(|e| e.class == Class::Droppable).unwrap_or(0);
+            let victim = self
+                .q
+                .iter()
+                .position(|e| e.class == Class::Droppable)
+                .unwrap_or(0);
             if let Some(e) = self.remove(victim) {
-                dropped.push(Dropped { stream: e.stream, reason });
+                dropped.push(Dropped {
+                    stream: e.stream,
+                    reason,
+                });
             }
         }
         if self.global.over(len) || self.limits.max_frames == 0 {
             // Other sessions hold the whole global budget: this frame cannot be kept.
-            dropped.push(Dropped { stream, reason: "global_cap" });
+            dropped.push(Dropped {
+                stream,
+                reason: "global_cap",
+            });
             return dropped;
         }
         self.bytes += len;
@@ -148,7 +166,10 @@ impl ReplayBuffer {
             .is_some_and(|e| now.saturating_duration_since(e.at) > self.limits.max_age)
         {
             if let Some(e) = self.remove(0) {
-                dropped.push(Dropped { stream: e.stream, reason: "expired" });
+                dropped.push(Dropped {
+                    stream: e.stream,
+                    reason: "expired",
+                });
             }
         }
         dropped
@@ -171,11 +192,37 @@ impl ReplayBuffer {
         }
     }
 
+    /// Removes every frame matching `pred`, reporting each as dropped for `reason`.
+    pub fn remove_where(
+        &mut self,
+        pred: impl Fn(&Entry) -> bool,
+        reason: &'static str,
+    ) -> Vec<Dropped> {
+        let mut dropped = Vec::new();
+        let mut i = 0;
+        while i < self.q.len() {
+            if pred(&self.q[i]) {
+                if let Some(e) = self.remove(i) {
+                    dropped.push(Dropped {
+                        stream: e.stream,
+                        reason,
+                    });
+                }
+            } else {
+                i += 1;
+            }
+        }
+        dropped
+    }
+
     /// Empties the buffer, reporting every frame as dropped for `reason`.
     pub fn discard(&mut self, reason: &'static str) -> Vec<Dropped> {
         self.drain()
             .into_iter()
-            .map(|e| Dropped { stream: e.stream, reason })
+            .map(|e| Dropped {
+                stream: e.stream,
+                reason,
+            })
             .collect()
     }
 
@@ -227,14 +274,21 @@ pub fn classify(frame: &Frame, kind: Kind) -> (&'static str, Class) {
         Frame::Text(_) => return (kind.label(), Class::Keep),
     };
     let stream_type = top_level_str(text, "streamType").ok().flatten();
-    let base = stream_type.as_deref().unwrap_or("").split(':').next().unwrap_or("");
+    let base = stream_type
+        .as_deref()
+        .unwrap_or("")
+        .split(':')
+        .next()
+        .unwrap_or("");
     let stream = match base {
         "transcription" => "transcription",
         "translation" => "translation",
         "button_press" => "button_press",
         "touch_event" => "touch_event",
         "head_position" => "head_position",
-        "phone_notification" | "phone_notification_dismissed" | "notification_dismissed" => "notification",
+        "phone_notification" | "phone_notification_dismissed" | "notification_dismissed" => {
+            "notification"
+        }
         "location_update" | "location_stream" => "location",
         "glasses_battery_update" | "phone_battery_update" => "battery",
         "VAD" => "vad",
@@ -244,7 +298,10 @@ pub fn classify(frame: &Frame, kind: Kind) -> (&'static str, Class) {
     if matches!(stream, "transcription" | "translation") {
         let is_final = serde_json::from_str::<serde_json::Value>(text)
             .ok()
-            .and_then(|v| v.pointer("/data/isFinal").and_then(serde_json::Value::as_bool))
+            .and_then(|v| {
+                v.pointer("/data/isFinal")
+                    .and_then(serde_json::Value::as_bool)
+            })
             .unwrap_or(true);
         if !is_final {
             return ("transcription_interim", Class::Droppable);
@@ -286,13 +343,29 @@ mod tests {
 
     #[test]
     fn classifies_streams() {
-        assert_eq!(classify(&audio(1), Kind::Binary), ("audio", Class::Droppable));
-        assert_eq!(classify(&final_tx(1), Kind::DataStream), ("transcription", Class::Keep));
-        assert_eq!(classify(&interim_tx(1), Kind::DataStream), ("transcription_interim", Class::Droppable));
-        let button = Frame::Text(r#"{"type":"data_stream","streamType":"button_press","data":{}}"#.into());
-        assert_eq!(classify(&button, Kind::DataStream), ("button_press", Class::Keep));
+        assert_eq!(
+            classify(&audio(1), Kind::Binary),
+            ("audio", Class::Droppable)
+        );
+        assert_eq!(
+            classify(&final_tx(1), Kind::DataStream),
+            ("transcription", Class::Keep)
+        );
+        assert_eq!(
+            classify(&interim_tx(1), Kind::DataStream),
+            ("transcription_interim", Class::Droppable)
+        );
+        let button =
+            Frame::Text(r#"{"type":"data_stream","streamType":"button_press","data":{}}"#.into());
+        assert_eq!(
+            classify(&button, Kind::DataStream),
+            ("button_press", Class::Keep)
+        );
         let settings = Frame::Text(r#"{"type":"settings_update"}"#.into());
-        assert_eq!(classify(&settings, Kind::SettingsUpdate), ("settings_update", Class::Keep));
+        assert_eq!(
+            classify(&settings, Kind::SettingsUpdate),
+            ("settings_update", Class::Keep)
+        );
     }
 
     #[test]
@@ -304,11 +377,26 @@ mod tests {
         assert!(b.push(final_tx(2), Kind::DataStream, now).is_empty());
         assert!(b.push(audio(2), Kind::Binary, now).is_empty());
         let d = b.push(final_tx(3), Kind::DataStream, now);
-        assert_eq!(d, vec![Dropped { stream: "audio", reason: "overflow" }]);
+        assert_eq!(
+            d,
+            vec![Dropped {
+                stream: "audio",
+                reason: "overflow"
+            }]
+        );
         let d = b.push(final_tx(4), Kind::DataStream, now);
-        assert_eq!(d, vec![Dropped { stream: "audio", reason: "overflow" }]);
+        assert_eq!(
+            d,
+            vec![Dropped {
+                stream: "audio",
+                reason: "overflow"
+            }]
+        );
         let out: Vec<Frame> = b.drain().into_iter().map(|e| e.frame).collect();
-        assert_eq!(out, vec![final_tx(1), final_tx(2), final_tx(3), final_tx(4)]);
+        assert_eq!(
+            out,
+            vec![final_tx(1), final_tx(2), final_tx(3), final_tx(4)]
+        );
     }
 
     #[test]
@@ -318,7 +406,13 @@ mod tests {
         b.push(final_tx(1), Kind::DataStream, now);
         b.push(final_tx(2), Kind::DataStream, now);
         let d = b.push(final_tx(3), Kind::DataStream, now);
-        assert_eq!(d, vec![Dropped { stream: "transcription", reason: "overflow" }]);
+        assert_eq!(
+            d,
+            vec![Dropped {
+                stream: "transcription",
+                reason: "overflow"
+            }]
+        );
         let out: Vec<Frame> = b.drain().into_iter().map(|e| e.frame).collect();
         assert_eq!(out, vec![final_tx(2), final_tx(3)]);
     }
@@ -329,10 +423,20 @@ mod tests {
         let mut b = ReplayBuffer::new(limits(100, 25), GlobalBytes::new(1 << 30));
         b.push(audio(1), Kind::Binary, now);
         b.push(audio(2), Kind::Binary, now);
-        assert_eq!(b.push(audio(3), Kind::Binary, now).len(), 1, "third 10-byte chunk evicts one");
+        assert_eq!(
+            b.push(audio(3), Kind::Binary, now).len(),
+            1,
+            "third 10-byte chunk evicts one"
+        );
         assert_eq!(b.bytes(), 20);
         let big = Frame::Binary(vec![0; 26].into());
-        assert_eq!(b.push(big, Kind::Binary, now), vec![Dropped { stream: "audio", reason: "too_big" }]);
+        assert_eq!(
+            b.push(big, Kind::Binary, now),
+            vec![Dropped {
+                stream: "audio",
+                reason: "too_big"
+            }]
+        );
     }
 
     #[test]
@@ -342,7 +446,13 @@ mod tests {
         b.push(final_tx(1), Kind::DataStream, t0);
         b.push(final_tx(2), Kind::DataStream, t0 + Duration::from_secs(30));
         let d = b.expire(t0 + Duration::from_secs(61));
-        assert_eq!(d, vec![Dropped { stream: "transcription", reason: "expired" }]);
+        assert_eq!(
+            d,
+            vec![Dropped {
+                stream: "transcription",
+                reason: "expired"
+            }]
+        );
         assert_eq!(b.len(), 1);
         assert_eq!(b.next_expiry(), Some(t0 + Duration::from_secs(90)));
     }
@@ -355,7 +465,13 @@ mod tests {
         let mut b = ReplayBuffer::new(limits(100, 1 << 20), global.clone());
         a.push(audio(1), Kind::Binary, now);
         a.push(audio(2), Kind::Binary, now);
-        assert_eq!(b.push(audio(3), Kind::Binary, now), vec![Dropped { stream: "audio", reason: "global_cap" }]);
+        assert_eq!(
+            b.push(audio(3), Kind::Binary, now),
+            vec![Dropped {
+                stream: "audio",
+                reason: "global_cap"
+            }]
+        );
         drop(a);
         assert_eq!(global.used(), 0);
         assert!(b.push(audio(3), Kind::Binary, now).is_empty());

@@ -64,8 +64,13 @@ impl AckCache {
         match kind {
             Kind::ConnectionAck => self.ack = Some(msg),
             Kind::DeviceStateUpdate => {
-                let Some(Value::Object(state)) = msg.get("state") else { return };
-                let full = msg.get("fullSnapshot").and_then(Value::as_bool).unwrap_or(false);
+                let Some(Value::Object(state)) = msg.get("state") else {
+                    return;
+                };
+                let full = msg
+                    .get("fullSnapshot")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
                 match (&mut self.device_state, full) {
                     (Some(cur), false) => cur.extend(state.clone()),
                     _ => self.device_state = Some(state.clone()),
@@ -85,7 +90,9 @@ impl AckCache {
                         }
                     }
                     Kind::AugmentosSettingsUpdate => {
-                        let Some(Value::Object(update)) = msg.get("settings") else { return };
+                        let Some(Value::Object(update)) = msg.get("settings") else {
+                            return;
+                        };
                         // Either era's field name, whichever the ack carried (both if both).
                         let mut merged = false;
                         for field in ["mentraosSettings", "augmentosSettings"] {
@@ -104,11 +111,53 @@ impl AckCache {
         }
     }
 
+    /// What changed between the cached ack and a new one, as the update messages the app
+    /// would have received (settings, system settings, capabilities).
+    pub fn diff(&self, new_ack: &Frame) -> Vec<(Frame, Kind)> {
+        let (Some(old), Frame::Text(t)) = (&self.ack, new_ack) else {
+            return Vec::new();
+        };
+        let Ok(Value::Object(new)) = serde_json::from_str::<Value>(t.as_str()) else {
+            return Vec::new();
+        };
+        let session_id = new.get("sessionId").cloned().unwrap_or(Value::Null);
+        let changed = |k: &str| new.get(k).is_some() && new.get(k) != old.get(k);
+        let mut out = Vec::new();
+        if changed("settings") {
+            let msg = serde_json::json!({"type": "settings_update", "sessionId": session_id, "settings": new["settings"]});
+            out.push((Frame::Text(msg.to_string().into()), Kind::SettingsUpdate));
+        }
+        for field in ["mentraosSettings", "augmentosSettings"] {
+            if changed(field) {
+                let msg = serde_json::json!({"type": "augmentos_settings_update", "sessionId": session_id, "settings": new[field]});
+                out.push((
+                    Frame::Text(msg.to_string().into()),
+                    Kind::AugmentosSettingsUpdate,
+                ));
+                break;
+            }
+        }
+        if changed("capabilities") {
+            let caps = &new["capabilities"];
+            let msg = serde_json::json!({"type": "capabilities_update", "capabilities": caps, "modelName": caps.get("modelName")});
+            out.push((
+                Frame::Text(msg.to_string().into()),
+                Kind::CapabilitiesUpdate,
+            ));
+        }
+        out
+    }
+
     /// The frames that answer a re-init: the folded ack, then the device state and the
     /// dashboard state as the app would have seen them. Empty when no ack was seen.
     pub fn replay(&self, timestamp: &str) -> Vec<(Frame, Kind)> {
-        let Some(ack) = &self.ack else { return Vec::new() };
-        let mut out = vec![(Frame::Text(Value::Object(ack.clone()).to_string().into()), Kind::ConnectionAck)];
+        let Some(ack) = &self.ack else {
+            return Vec::new();
+        };
+        let mut out = vec![(
+            Frame::Text(Value::Object(ack.clone()).to_string().into()),
+            Kind::ConnectionAck,
+        )];
         if let Some(state) = &self.device_state {
             let msg = serde_json::json!({
                 "type": "device_state_update", "state": state, "fullSnapshot": true, "timestamp": timestamp
@@ -159,21 +208,35 @@ mod tests {
     #[test]
     fn updates_are_folded_into_the_replayed_ack() {
         let mut c = AckCache::default();
-        c.fold(Kind::ConnectionAck, &f(serde_json::json!({
-            "type": "tpa_connection_ack", "settings": [{"key": "lang", "value": "en"}],
-            "augmentosSettings": {"brightness": 50, "metricSystemEnabled": false},
-            "capabilities": {"modelName": "A"}
-        })));
+        c.fold(
+            Kind::ConnectionAck,
+            &f(serde_json::json!({
+                "type": "tpa_connection_ack", "settings": [{"key": "lang", "value": "en"}],
+                "augmentosSettings": {"brightness": 50, "metricSystemEnabled": false},
+                "capabilities": {"modelName": "A"}
+            })),
+        );
         c.fold(Kind::SettingsUpdate, &f(serde_json::json!({"type": "settings_update", "settings": [{"key": "lang", "value": "fr"}]})));
         c.fold(Kind::AugmentosSettingsUpdate, &f(serde_json::json!({"type": "augmentos_settings_update", "settings": {"brightness": 80}})));
         c.fold(Kind::CapabilitiesUpdate, &f(serde_json::json!({"type": "capabilities_update", "capabilities": {"modelName": "B"}})));
         c.fold(Kind::DeviceStateUpdate, &f(serde_json::json!({"type": "device_state_update", "state": {"wifi": true, "battery": 90}, "fullSnapshot": true})));
-        c.fold(Kind::DeviceStateUpdate, &f(serde_json::json!({"type": "device_state_update", "state": {"battery": 80}})));
-        c.fold(Kind::DashboardModeChanged, &f(serde_json::json!({"type": "dashboard_mode_changed", "mode": "main"})));
-        c.fold(Kind::DashboardModeChanged, &f(serde_json::json!({"type": "dashboard_mode_changed", "mode": "expanded"})));
+        c.fold(
+            Kind::DeviceStateUpdate,
+            &f(serde_json::json!({"type": "device_state_update", "state": {"battery": 80}})),
+        );
+        c.fold(
+            Kind::DashboardModeChanged,
+            &f(serde_json::json!({"type": "dashboard_mode_changed", "mode": "main"})),
+        );
+        c.fold(
+            Kind::DashboardModeChanged,
+            &f(serde_json::json!({"type": "dashboard_mode_changed", "mode": "expanded"})),
+        );
         let out = c.replay("T");
         assert_eq!(out.len(), 3);
-        let Frame::Text(ack) = &out[0].0 else { panic!() };
+        let Frame::Text(ack) = &out[0].0 else {
+            panic!()
+        };
         let ack: Value = serde_json::from_str(ack.as_str()).expect("json");
         assert_eq!(ack["settings"][0]["value"], "fr");
         assert_eq!(ack["augmentosSettings"]["brightness"], 80);
@@ -181,7 +244,10 @@ mod tests {
         assert_eq!(ack["capabilities"]["modelName"], "B");
         let Frame::Text(ds) = &out[1].0 else { panic!() };
         let ds: Value = serde_json::from_str(ds.as_str()).expect("json");
-        assert_eq!(ds["state"], serde_json::json!({"wifi": true, "battery": 80}));
+        assert_eq!(
+            ds["state"],
+            serde_json::json!({"wifi": true, "battery": 80})
+        );
         let Frame::Text(dm) = &out[2].0 else { panic!() };
         assert!(dm.as_str().contains("expanded"));
     }
@@ -194,12 +260,17 @@ mod tests {
         assert_eq!(a, b);
         assert!(a.covers(&c));
         assert!(!c.covers(&a));
-        assert!(SubSet::of(&f(serde_json::json!({"subscriptions": []}))).expect("e").is_empty());
+        assert!(SubSet::of(&f(serde_json::json!({"subscriptions": []})))
+            .expect("e")
+            .is_empty());
     }
 
     #[test]
     fn init_auth_reads_package_and_key() {
-        let a = InitAuth::of(&f(serde_json::json!({"type": "tpa_connection_init", "packageName": "p", "apiKey": "k"}))).expect("auth");
+        let a = InitAuth::of(&f(
+            serde_json::json!({"type": "tpa_connection_init", "packageName": "p", "apiKey": "k"}),
+        ))
+        .expect("auth");
         assert_eq!(a.package_name.as_deref(), Some("p"));
         assert_eq!(a.api_key.as_deref(), Some("k"));
     }

@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::buffer::{Dropped, Entry, GlobalBytes, Limits, ReplayBuffer};
 use super::cache::{AckCache, InitAuth, SubSet};
+use crate::config::HeartbeatMode;
 use crate::protocol::{Direction, Kind, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_TOO_BIG};
 
 /// Frames the app may send before the cloud socket is up; the SDK sends none (it waits for
@@ -103,6 +104,17 @@ pub struct Settings {
     pub app_ping_misses: u32,
     /// Bounds of the cloud->app buffer.
     pub down_buffer: Limits,
+    /// Bounds of the app->cloud buffer (used while the cloud link is down).
+    pub up_buffer: Limits,
+    pub heartbeat: HeartbeatMode,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_misses: u32,
+    pub reconnect_base: Duration,
+    pub reconnect_max: Duration,
+    /// After a refused re-init, how long to wait for the cloud's resurrection.
+    pub resurrection_wait: Duration,
+    /// Seed of the reconnect jitter.
+    pub seed: u64,
 }
 
 impl Default for Settings {
@@ -118,6 +130,18 @@ impl Default for Settings {
                 max_bytes: 1 << 20,
                 max_age: Duration::from_secs(60),
             },
+            up_buffer: Limits {
+                max_frames: 256,
+                max_bytes: 256 << 10,
+                max_age: Duration::from_secs(30),
+            },
+            heartbeat: HeartbeatMode::WsPing,
+            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_misses: 3,
+            reconnect_base: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            resurrection_wait: Duration::from_secs(15),
+            seed: 0x9e37_79b9_7f4a_7c15,
         }
     }
 }
@@ -147,6 +171,11 @@ pub enum Event {
     CloudConnected,
     /// Dialling the cloud failed.
     CloudDialFailed,
+    /// A pong from the cloud.
+    CloudPong,
+    /// The cloud resurrected the session (a new `session_request` while the link is down):
+    /// dial again now.
+    CloudResurrect,
     /// The cloud sent a close frame.
     CloudClosed(Option<Close>),
     /// The cloud socket ended without a close frame, or failed.
@@ -167,6 +196,19 @@ pub enum Action {
     SendApp(Frame, Kind),
     /// WebSocket ping to the app with this payload.
     PingApp(Bytes),
+    /// WebSocket ping to the cloud (heartbeat).
+    PingCloud,
+    /// A heartbeat frame of Tether's own to the cloud (JSON modes), counted apart.
+    BeatCloud(Frame),
+    /// The cloud link was lost and reconnecting starts (metrics, logs).
+    CloudLinkLost {
+        cause: &'static str,
+    },
+    /// The cloud acknowledged the re-init after `outage`.
+    CloudReacked {
+        outage: Duration,
+        resurrected: bool,
+    },
     CloseApp(Option<Close>),
     CloseCloud(Option<Close>),
     /// Drop the app socket without a close frame (the app sees 1006, as it would have).
@@ -176,14 +218,20 @@ pub enum Action {
     /// Adopt the socket that sent the last `AppAttach` (dropping any previous one).
     AcceptApp,
     /// Refuse that socket: `tpa_connection_error` with this code and message, then 1008.
-    RejectApp { code: &'static str, message: &'static str },
+    RejectApp {
+        code: &'static str,
+        message: &'static str,
+    },
     /// POST the session's webhook to the app again.
     RefireWebhook,
     /// A frame was given up (metrics).
     Dropped(Dropped),
     /// The app came back and the buffer was flushed: `latency` from the app being seen
     /// healthy (or reconnecting) to the first replayed frame.
-    Recovered { replayed: usize, latency: Duration },
+    Recovered {
+        replayed: usize,
+        latency: Duration,
+    },
 }
 
 /// Why a session ended (a bounded metric label).
@@ -247,8 +295,22 @@ enum AppLink {
 
 #[derive(Debug)]
 enum CloudLink {
+    /// The first dial, before any ack; the app's init and frames are held.
     Dialing { pending: VecDeque<Frame> },
-    Up,
+    Up {
+        last_seen: Instant,
+        next_beat: Instant,
+    },
+    /// Lost; reconnecting with backoff. `retry_at` is `None` while a dial is in flight.
+    Down {
+        since: Instant,
+        attempt: u32,
+        retry_at: Option<Instant>,
+        /// The cloud refused the re-init: it dropped the session and will resurrect it.
+        refused: bool,
+    },
+    /// A new socket is open and the cached init sent; the ack is awaited.
+    Reinit { since: Instant },
 }
 
 /// One session's protocol state.
@@ -273,6 +335,17 @@ pub struct Session {
     stopping: bool,
     terminal: bool,
     urls: UrlMap,
+    session_id: String,
+    /// App frames waiting for the cloud link.
+    up_buffer: ReplayBuffer,
+    /// The app's latest `subscription_update`, re-sent after every re-init.
+    last_subs: Option<Frame>,
+    /// Tether's own JSON pings the cloud has not answered yet.
+    json_pings: u32,
+    /// Jitter source (xorshift), seeded by the driver.
+    rng: u64,
+    /// The current heal answers the cloud's resurrection of the session.
+    resurrecting: bool,
 }
 
 /// Rewrites URLs the app built on Tether's local base back to the cloud's base.
@@ -295,14 +368,24 @@ impl UrlMap {
 
 impl Session {
     /// A session whose app has sent `init`; the first action dials the cloud.
-    pub fn start(init: Frame, urls: UrlMap, settings: Settings, global: std::sync::Arc<GlobalBytes>, now: Instant) -> (Session, Vec<Action>) {
-        let buffer = ReplayBuffer::new(settings.down_buffer, global);
+    pub fn start(
+        session_id: String,
+        init: Frame,
+        urls: UrlMap,
+        settings: Settings,
+        global: std::sync::Arc<GlobalBytes>,
+        now: Instant,
+    ) -> (Session, Vec<Action>) {
+        let buffer = ReplayBuffer::new(settings.down_buffer, global.clone());
+        let up_buffer = ReplayBuffer::new(settings.up_buffer, global);
         let s = Session {
             app: AppLink::Up {
                 last_seen: now,
                 next_ping: now + settings.app_ping_interval,
             },
-            cloud: CloudLink::Dialing { pending: VecDeque::new() },
+            cloud: CloudLink::Dialing {
+                pending: VecDeque::new(),
+            },
             ended: None,
             auth: InitAuth::of(&init),
             init,
@@ -317,6 +400,12 @@ impl Session {
             stopping: false,
             terminal: false,
             urls,
+            session_id,
+            up_buffer,
+            last_subs: None,
+            json_pings: 0,
+            rng: settings.seed | 1,
+            resurrecting: false,
             settings,
         };
         (s, vec![Action::DialCloud])
@@ -329,22 +418,15 @@ impl Session {
         }
         let mut out = Vec::new();
         match ev {
-            Event::CloudConnected => self.on_cloud_connected(&mut out),
-            Event::CloudDialFailed => {
-                let close = Close::new(CLOSE_INTERNAL, "Cloud unreachable");
-                self.end(EndReason::CloudUnreachable, Some(Some(close)), None, &mut out);
-            }
+            Event::CloudConnected => self.on_cloud_connected(now, &mut out),
+            Event::CloudDialFailed => self.on_dial_failed(now, &mut out),
+            Event::CloudPong => self.on_cloud_seen(now),
+            Event::CloudResurrect => self.on_resurrect(&mut out),
             Event::AppFrame(frame) => self.on_app_frame(frame, now, &mut out),
             Event::AppPong(payload) => self.on_pong(&payload, now, &mut out),
             Event::CloudFrame(frame) => self.on_cloud_frame(frame, now, &mut out),
-            // Passed to the app exactly: the SDK decides on the code and reason (§11.2).
-            Event::CloudClosed(close) => self.end(EndReason::CloudClosed, Some(close), None, &mut out),
-            Event::CloudLost => {
-                if self.app_is_connected() {
-                    out.push(Action::AbortApp);
-                }
-                self.end(EndReason::CloudLost, None, None, &mut out);
-            }
+            Event::CloudClosed(close) => self.on_cloud_closed(close, now, &mut out),
+            Event::CloudLost => self.on_cloud_lost("lost", now, &mut out),
             Event::AppClosed(close) => self.on_app_gone(Some(close), now, &mut out),
             Event::AppLost => self.on_app_gone(None, now, &mut out),
             Event::AppAttach(init) => self.on_attach(init, now, &mut out),
@@ -360,14 +442,24 @@ impl Session {
             Event::StopRequested => self.stopping = true,
             Event::TooBig(_) => {
                 let close = Close::new(CLOSE_TOO_BIG, "Message too big");
-                self.end(EndReason::Oversized, Some(Some(close.clone())), Some(Some(close)), &mut out);
+                self.end(
+                    EndReason::Oversized,
+                    Some(Some(close.clone())),
+                    Some(Some(close)),
+                    &mut out,
+                );
             }
             Event::Tick => self.on_tick(now, &mut out),
             Event::Shutdown => {
                 let to_cloud = Close::new(CLOSE_GOING_AWAY, "Tether shutting down");
                 // 1012 (service restart) lets the SDK reconnect to a restarted Tether.
                 let to_app = Close::new(1012, "Tether restarting");
-                self.end(EndReason::Shutdown, Some(Some(to_app)), Some(Some(to_cloud)), &mut out);
+                self.end(
+                    EndReason::Shutdown,
+                    Some(Some(to_app)),
+                    Some(Some(to_cloud)),
+                    &mut out,
+                );
             }
         }
         out
@@ -375,16 +467,6 @@ impl Session {
 
     fn app_is_connected(&self) -> bool {
         matches!(self.app, AppLink::Up { .. } | AppLink::Replaying { .. })
-    }
-
-    fn on_cloud_connected(&mut self, out: &mut Vec<Action>) {
-        let CloudLink::Dialing { pending } = &mut self.cloud else { return };
-        let pending = std::mem::take(pending);
-        self.cloud = CloudLink::Up;
-        out.push(Action::SendCloud(self.init.clone(), Kind::ConnectionInit));
-        for frame in pending {
-            self.up(frame, out);
-        }
     }
 
     fn on_app_frame(&mut self, frame: Frame, now: Instant, out: &mut Vec<Action>) {
@@ -402,10 +484,15 @@ impl Session {
             }
             return;
         }
-        if frame.kind() == Kind::SubscriptionUpdate {
-            self.on_subscriptions(frame, now, out);
-        } else {
-            self.up(frame, out);
+        match frame.kind() {
+            Kind::SubscriptionUpdate => self.on_subscriptions(frame, now, out),
+            // A newer SDK's JSON ping, answered here unless the cloud is known to speak it,
+            // so an older cloud never sees a type it does not know.
+            Kind::Ping if self.settings.heartbeat != HeartbeatMode::JsonPing => {
+                let pong = serde_json::json!({"type": "pong", "timestamp": crate::protocol::now_iso8601()});
+                self.send_app(Frame::Text(pong.to_string().into()), Kind::Pong, now, out);
+            }
+            _ => self.up(frame, now, out),
         }
     }
 
@@ -415,7 +502,7 @@ impl Session {
     /// the cloud was sending.
     fn on_subscriptions(&mut self, frame: Frame, now: Instant, out: &mut Vec<Action>) {
         let Some(set) = SubSet::of(&frame) else {
-            self.up(frame, out);
+            self.up(frame, now, out);
             return;
         };
         let before = self.cloud_subs.clone();
@@ -425,22 +512,32 @@ impl Session {
                 return;
             }
         }
+        self.last_subs = Some(frame.clone());
         if before.as_ref() != Some(&set) {
             self.cloud_subs = Some(set.clone());
-            self.up(frame, out);
+            // While the cloud link is down the list waits: it is re-sent after the re-init.
+            if self.cloud_is_up() {
+                self.up(frame, now, out);
+            }
         }
         if matches!(self.app, AppLink::Replaying { .. }) && before.is_none_or(|b| set.covers(&b)) {
             self.flush(now, out);
         }
     }
 
-    fn up(&mut self, frame: Frame, out: &mut Vec<Action>) {
+    fn up(&mut self, frame: Frame, now: Instant, out: &mut Vec<Action>) {
         let kind = frame.kind();
         let frame = match (&frame, kind) {
-            (Frame::Text(text), Kind::AudioPlayRequest) => self.rewrite_audio_url(text.as_str()).unwrap_or(frame),
+            (Frame::Text(text), Kind::AudioPlayRequest) => {
+                self.rewrite_audio_url(text.as_str()).unwrap_or(frame)
+            }
             _ => frame,
         };
-        out.push(Action::SendCloud(frame, kind));
+        if self.cloud_is_up() {
+            out.push(Action::SendCloud(frame, kind));
+        } else {
+            self.buffer_up(frame, kind, now, out);
+        }
     }
 
     /// `audio_play_request.audioUrl` built on the local base (`speak()`) must point at the
@@ -450,25 +547,31 @@ impl Session {
         let url = value.get("audioUrl")?.as_str()?;
         let rewritten = self.urls.rewrite(url)?;
         value["audioUrl"] = serde_json::Value::String(rewritten);
-        serde_json::to_string(&value).ok().map(|t| Frame::Text(t.into()))
+        serde_json::to_string(&value)
+            .ok()
+            .map(|t| Frame::Text(t.into()))
     }
 
     fn on_cloud_frame(&mut self, frame: Frame, now: Instant, out: &mut Vec<Action>) {
         let kind = frame.kind();
+        self.on_cloud_seen(now);
+        if self.is_own_beat_answer(kind) || self.on_reinit_frame(&frame, kind, now, out) {
+            return;
+        }
         self.cache.fold(kind, &frame);
         if kind == Kind::AppStopped {
             self.terminal = true;
         }
-        if matches!(self.app, AppLink::Up { .. }) {
-            self.send_app(frame, kind, now, out);
-            self.ping_if_idle(out);
-        } else {
-            self.buffer_down(frame, kind, now, out);
-        }
+        self.deliver(frame, kind, now, out);
     }
 
     fn buffer_down(&mut self, frame: Frame, kind: Kind, now: Instant, out: &mut Vec<Action>) {
-        out.extend(self.buffer.push(frame, kind, now).into_iter().map(Action::Dropped));
+        out.extend(
+            self.buffer
+                .push(frame, kind, now)
+                .into_iter()
+                .map(Action::Dropped),
+        );
     }
 
     fn send_app(&mut self, frame: Frame, kind: Kind, now: Instant, out: &mut Vec<Action>) {
@@ -492,7 +595,9 @@ impl Session {
     fn ping_if_idle(&mut self, out: &mut Vec<Action>) {
         if self.ping_outstanding.is_none() && !self.unacked.is_empty() {
             self.ping_outstanding = Some(self.sent);
-            out.push(Action::PingApp(Bytes::copy_from_slice(&self.sent.to_be_bytes())));
+            out.push(Action::PingApp(Bytes::copy_from_slice(
+                &self.sent.to_be_bytes(),
+            )));
         }
     }
 
@@ -501,7 +606,9 @@ impl Session {
             *last_seen = now;
         }
         self.pong_seen = true;
-        let Ok(bytes) = <[u8; 8]>::try_from(payload) else { return };
+        let Ok(bytes) = <[u8; 8]>::try_from(payload) else {
+            return;
+        };
         let acked = u64::from_be_bytes(bytes);
         if self.ping_outstanding != Some(acked) {
             return;
@@ -597,13 +704,15 @@ impl Session {
                 last_seen: now,
                 next_ping: now + self.settings.app_ping_interval,
             };
-            if matches!(self.cloud, CloudLink::Up) {
+            if self.cloud_is_up() {
                 out.push(Action::SendCloud(init, Kind::ConnectionInit));
             }
             return;
         }
         let since = match &self.app {
-            AppLink::Down { healthy_at, since, .. } => healthy_at.unwrap_or(*since).max(*since),
+            AppLink::Down {
+                healthy_at, since, ..
+            } => healthy_at.unwrap_or(*since).max(*since),
             _ => now,
         };
         if matches!(self.app, AppLink::Up { .. }) {
@@ -624,7 +733,9 @@ impl Session {
     }
 
     fn flush(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let AppLink::Replaying { since, .. } = self.app else { return };
+        let AppLink::Replaying { since, .. } = self.app else {
+            return;
+        };
         self.app = AppLink::Up {
             last_seen: now,
             next_ping: now + self.settings.app_ping_interval,
@@ -643,8 +754,16 @@ impl Session {
 
     fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
         out.extend(self.buffer.expire(now).into_iter().map(Action::Dropped));
+        out.extend(self.up_buffer.expire(now).into_iter().map(Action::Dropped));
+        self.cloud_tick(now, out);
+        if self.ended.is_some() {
+            return;
+        }
         match self.app {
-            AppLink::Up { last_seen, next_ping } => {
+            AppLink::Up {
+                last_seen,
+                next_ping,
+            } => {
                 let patience = self.settings.app_ping_interval * self.settings.app_ping_misses;
                 if self.pong_seen && now.saturating_duration_since(last_seen) >= patience {
                     // Hung: the socket is open but nothing, not even a pong, comes back.
@@ -657,7 +776,9 @@ impl Session {
                     };
                     if self.ping_outstanding.is_none() {
                         self.ping_outstanding = Some(self.sent);
-                        out.push(Action::PingApp(Bytes::copy_from_slice(&self.sent.to_be_bytes())));
+                        out.push(Action::PingApp(Bytes::copy_from_slice(
+                            &self.sent.to_be_bytes(),
+                        )));
                     }
                 }
             }
@@ -705,11 +826,18 @@ impl Session {
 
     /// Ends the session, closing each connected peer that is given a close (the inner
     /// `None` closes without a status code).
-    fn end(&mut self, reason: EndReason, to_app: Option<Option<Close>>, to_cloud: Option<Option<Close>>, out: &mut Vec<Action>) {
+    fn end(
+        &mut self,
+        reason: EndReason,
+        to_app: Option<Option<Close>>,
+        to_cloud: Option<Option<Close>>,
+        out: &mut Vec<Action>,
+    ) {
         if let (Some(c), true) = (to_app, self.app_is_connected()) {
             out.push(Action::CloseApp(c));
         }
-        if let (Some(c), CloudLink::Up) = (to_cloud, &self.cloud) {
+        if let (Some(c), CloudLink::Up { .. } | CloudLink::Reinit { .. }) = (to_cloud, &self.cloud)
+        {
             out.push(Action::CloseCloud(c));
         }
         let reason_label = match reason {
@@ -717,7 +845,14 @@ impl Session {
             EndReason::Shutdown => "shutdown",
             _ => "session_ended",
         };
-        out.extend(self.buffer.discard(reason_label).into_iter().map(Action::Dropped));
+        for buffer in [&mut self.buffer, &mut self.up_buffer] {
+            out.extend(
+                buffer
+                    .discard(reason_label)
+                    .into_iter()
+                    .map(Action::Dropped),
+            );
+        }
         self.ended = Some(reason);
     }
 
@@ -742,16 +877,23 @@ impl Session {
                 }
                 match refire {
                     Refire::At(at) => t = t.min(*at),
-                    Refire::Idle if !crashed && close.is_none() => t = t.min(*since + RECONNECT_GRACE),
+                    Refire::Idle if !crashed && close.is_none() => {
+                        t = t.min(*since + RECONNECT_GRACE)
+                    }
                     _ => {}
                 }
                 Some(t)
             }
         };
-        match (link, self.buffer.next_expiry()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            link,
+            self.cloud_deadline(),
+            self.buffer.next_expiry(),
+            self.up_buffer.next_expiry(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The phase name, for `/sessions` and the sessions gauge.
@@ -761,6 +903,7 @@ impl Session {
         }
         match (&self.cloud, &self.app) {
             (CloudLink::Dialing { .. }, _) => "starting",
+            (CloudLink::Down { .. } | CloudLink::Reinit { .. }, _) => "cloud_down",
             (_, AppLink::Down { .. }) => "app_down",
             (_, AppLink::Replaying { .. }) => "replaying",
             (_, AppLink::Up { .. }) => "live",
@@ -779,7 +922,11 @@ impl Session {
 
     /// Frames and bytes waiting in the buffer, and the age of the oldest.
     pub fn buffered(&self, now: Instant) -> (usize, usize, Option<Duration>) {
-        (self.buffer.len(), self.buffer.bytes(), self.buffer.oldest_age(now))
+        (
+            self.buffer.len(),
+            self.buffer.bytes(),
+            self.buffer.oldest_age(now),
+        )
     }
 
     /// Applies new bounds to the buffer (a config reload).
@@ -789,5 +936,6 @@ impl Session {
     }
 }
 
+mod cloud;
 #[cfg(test)]
 mod tests;

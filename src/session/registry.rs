@@ -2,7 +2,7 @@
 //! webhooks that announced them. Shared by the listeners, the admin API and the tasks.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -41,6 +41,10 @@ pub struct SessionInfo {
     pub recoveries: AtomicU64,
     /// Milliseconds since `started` of the last recovery (0 = none).
     pub last_recovery_ms: AtomicU64,
+    /// A `stop_request` for this session was passed to the app: what follows is meant.
+    pub stopping: AtomicBool,
+    /// Resurrection webhooks the cloud sent for this session (healed in place).
+    pub resurrections: AtomicU64,
 }
 
 impl SessionInfo {
@@ -58,6 +62,8 @@ impl SessionInfo {
             oldest_buffered_ms: AtomicU64::new(0),
             recoveries: AtomicU64::new(0),
             last_recovery_ms: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            resurrections: AtomicU64::new(0),
         }
     }
 }
@@ -104,7 +110,11 @@ impl Registry {
     pub fn note_webhook(&self, session_id: &str, record: WebhookRecord) {
         let mut table = lock(&self.webhooks);
         if table.len() >= MAX_WEBHOOK_RECORDS && !table.contains_key(session_id) {
-            if let Some(oldest) = table.iter().min_by_key(|(_, r)| r.at).map(|(k, _)| k.clone()) {
+            if let Some(oldest) = table
+                .iter()
+                .min_by_key(|(_, r)| r.at)
+                .map(|(k, _)| k.clone())
+            {
                 table.remove(&oldest);
             }
         }
@@ -131,7 +141,10 @@ impl Registry {
     /// Removes the live task of `id` if it is still `info`'s.
     pub fn remove(&self, info: &Arc<SessionInfo>) {
         let mut live = lock(&self.live);
-        if live.get(&info.id).is_some_and(|h| Arc::ptr_eq(&h.info, info)) {
+        if live
+            .get(&info.id)
+            .is_some_and(|h| Arc::ptr_eq(&h.info, info))
+        {
             live.remove(&info.id);
         }
     }
@@ -177,7 +190,10 @@ impl Registry {
                     recoveries: info.recoveries.load(Ordering::Relaxed),
                     last_recovery_ago_ms: match info.last_recovery_ms.load(Ordering::Relaxed) {
                         0 => None,
-                        at => Some((now.saturating_duration_since(info.started).as_millis() as u64).saturating_sub(at)),
+                        at => Some(
+                            (now.saturating_duration_since(info.started).as_millis() as u64)
+                                .saturating_sub(at),
+                        ),
                     },
                 }
             })

@@ -46,6 +46,13 @@ pub enum Command {
     StopRequested,
     /// The webhook re-sent to the app was answered (`true` = 2xx).
     RefireDone(bool),
+    /// A dial finished (`generation` tells stale results apart).
+    Dialed {
+        generation: u64,
+        result: Result<Box<CloudSocket>, &'static str>,
+    },
+    /// The cloud resurrected the session with this WebSocket URL: heal the link in place.
+    Resurrect(Url),
 }
 
 /// Everything needed to start a session task.
@@ -61,7 +68,20 @@ pub struct Spawn {
 pub fn settings(shared: &Shared) -> Settings {
     let s = &shared.config.session;
     let b = &shared.config.buffer;
+    let c = &shared.config.cloud;
     Settings {
+        up_buffer: Limits {
+            max_frames: b.up_max_frames,
+            max_bytes: b.up_max_bytes,
+            max_age: b.up_max_age,
+        },
+        heartbeat: c.heartbeat,
+        heartbeat_interval: c.heartbeat_interval,
+        heartbeat_misses: c.heartbeat_misses,
+        reconnect_base: c.reconnect_base,
+        reconnect_max: c.reconnect_max,
+        resurrection_wait: c.resurrection_wait,
+        seed: rand::random(),
         hold_window: s.hold_window,
         intent_window: s.intent_window,
         replay_wait: s.replay_wait,
@@ -106,6 +126,7 @@ pub fn spawn(shared: &Arc<Shared>, s: Spawn) -> SessionHandle {
         commands,
         mailbox: handle.mailbox.clone(),
         health: shared.health.subscribe(),
+        dial_generation: 0,
     };
     let span = tracing::info_span!("session", session_id = %s.session_id);
     let (init, urls) = (s.init, s.urls);
@@ -136,12 +157,21 @@ struct Driver {
     commands: mpsc::Receiver<Command>,
     mailbox: mpsc::Sender<Command>,
     health: watch::Receiver<bool>,
+    /// Counts dials, so the result of a superseded one is ignored.
+    dial_generation: u64,
 }
 
 impl Driver {
     async fn run(mut self, init: Frame, urls: UrlMap) {
         let start = Instant::now();
-        let (mut session, first) = Session::start(init, urls, settings(&self.shared), self.shared.buffers.clone(), start);
+        let (mut session, first) = Session::start(
+            self.info.id.clone(),
+            init,
+            urls,
+            settings(&self.shared),
+            self.shared.buffers.clone(),
+            start,
+        );
         session.handle(Event::AppHealth(*self.health.borrow_and_update()), start);
         let mut phase = session.phase();
         let mut work: VecDeque<Action> = first.into();
@@ -168,7 +198,9 @@ impl Driver {
                 tracing::info!(reason = reason.label(), "session ended");
                 break;
             }
-            timer.as_mut().reset(session.next_deadline().unwrap_or_else(far));
+            timer
+                .as_mut()
+                .reset(session.next_deadline().unwrap_or_else(far));
             let ev = tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => Event::Shutdown,
@@ -187,6 +219,24 @@ impl Driver {
                     }
                     Some(Command::StopRequested) => Event::StopRequested,
                     Some(Command::RefireDone(ok)) => Event::RefireDone(ok),
+                    Some(Command::Dialed { generation, result }) => {
+                        if generation != self.dial_generation {
+                            continue;
+                        }
+                        match result {
+                            Ok(sock) => {
+                                tracing::debug!(hop = "cloud", url = %self.cloud_url, "cloud socket open");
+                                self.cloud = Some(*sock);
+                                Event::CloudConnected
+                            }
+                            Err(_) => Event::CloudDialFailed,
+                        }
+                    }
+                    Some(Command::Resurrect(url)) => {
+                        tracing::info!(hop = "cloud", url = %url, "cloud resurrected the session; healing in place");
+                        self.cloud_url = url;
+                        Event::CloudResurrect
+                    }
                     None => continue,
                 },
                 r = self.health.changed() => match r {
@@ -229,16 +279,62 @@ impl Driver {
 
     fn report_buffer(&self, session: &Session) {
         let (frames, bytes, oldest) = session.buffered(Instant::now());
-        self.info.buffered_frames.store(frames as u64, Ordering::Relaxed);
-        self.info.buffered_bytes.store(bytes as u64, Ordering::Relaxed);
+        self.info
+            .buffered_frames
+            .store(frames as u64, Ordering::Relaxed);
+        self.info
+            .buffered_bytes
+            .store(bytes as u64, Ordering::Relaxed);
         let oldest_ms = oldest.map_or(0, |d| d.as_millis() as u64);
-        self.info.oldest_buffered_ms.store(oldest_ms, Ordering::Relaxed);
+        self.info
+            .oldest_buffered_ms
+            .store(oldest_ms, Ordering::Relaxed);
     }
 
     /// Performs one action; an I/O failure comes back as the event it amounts to.
     async fn perform(&mut self, action: Action) -> Option<Event> {
         match action {
-            Action::DialCloud => Some(self.dial().await),
+            Action::DialCloud => {
+                self.dial();
+                None
+            }
+            Action::PingCloud => {
+                // A masked client frame with an empty payload is 6 bytes on the wire.
+                self.shared.metrics.heartbeat_bytes(Direction::Up, 6);
+                let sock = self.cloud.as_mut()?;
+                sock.send(Message::Ping(Bytes::new()))
+                    .await
+                    .err()
+                    .map(|_| Event::CloudLost)
+            }
+            Action::BeatCloud(frame) => {
+                self.shared
+                    .metrics
+                    .heartbeat_bytes(Direction::Up, frame.len() + 6);
+                let sock = self.cloud.as_mut()?;
+                sock.send(to_message(frame))
+                    .await
+                    .err()
+                    .map(|_| Event::CloudLost)
+            }
+            Action::CloudLinkLost { cause } => {
+                self.shared.metrics.cloud_disconnect(cause);
+                tracing::warn!(hop = "cloud", cause, "cloud link lost; reconnecting");
+                None
+            }
+            Action::CloudReacked {
+                outage,
+                resurrected,
+            } => {
+                self.shared.metrics.cloud_reacked(outage, resurrected);
+                tracing::info!(
+                    hop = "cloud",
+                    outage_ms = outage.as_millis() as u64,
+                    resurrected,
+                    "cloud link healed"
+                );
+                None
+            }
             Action::SendCloud(frame, kind) => {
                 self.shared.metrics.frame(Direction::Up, kind, frame.len());
                 self.info.frames_up.fetch_add(1, Ordering::Relaxed);
@@ -249,7 +345,9 @@ impl Driver {
                 })
             }
             Action::SendApp(frame, kind) => {
-                self.shared.metrics.frame(Direction::Down, kind, frame.len());
+                self.shared
+                    .metrics
+                    .frame(Direction::Down, kind, frame.len());
                 self.info.frames_down.fetch_add(1, Ordering::Relaxed);
                 self.send_app(to_message(frame)).await
             }
@@ -298,9 +396,17 @@ impl Driver {
             Action::Recovered { replayed, latency } => {
                 self.shared.metrics.recovery("replayed", Some(latency));
                 self.info.recoveries.fetch_add(1, Ordering::Relaxed);
-                let at = Instant::now().saturating_duration_since(self.info.started).as_millis() as u64;
-                self.info.last_recovery_ms.store(at.max(1), Ordering::Relaxed);
-                tracing::info!(replayed, latency_ms = latency.as_millis() as u64, "app recovered; buffer replayed");
+                let at = Instant::now()
+                    .saturating_duration_since(self.info.started)
+                    .as_millis() as u64;
+                self.info
+                    .last_recovery_ms
+                    .store(at.max(1), Ordering::Relaxed);
+                tracing::info!(
+                    replayed,
+                    latency_ms = latency.as_millis() as u64,
+                    "app recovered; buffer replayed"
+                );
                 None
             }
         }
@@ -327,7 +433,9 @@ impl Driver {
                 () = cancel.cancelled() => return,
                 ok = post_webhook(&shared, body) => ok,
             };
-            shared.metrics.refire(if ok { "accepted" } else { "failed" });
+            shared
+                .metrics
+                .refire(if ok { "accepted" } else { "failed" });
             tracing::info!(session_id = %id, ok, hop = "app", "webhook re-sent to the app");
             let _ = mailbox.send(Command::RefireDone(ok)).await;
         });
@@ -342,7 +450,12 @@ impl Driver {
             }
         }
         let local = self.app_url_for_refire();
-        let user = self.info.id.rsplit_once('-').map(|(u, _)| u.to_string()).unwrap_or_default();
+        let user = self
+            .info
+            .id
+            .rsplit_once('-')
+            .map(|(u, _)| u.to_string())
+            .unwrap_or_default();
         let body = serde_json::json!({
             "type": "session_request", "sessionId": self.info.id, "userId": user,
             "timestamp": now_iso8601(), "augmentOSWebsocketUrl": local, "mentraOSWebsocketUrl": local,
@@ -351,31 +464,42 @@ impl Driver {
     }
 
     fn app_url_for_refire(&self) -> String {
-        let id = self.shared.clouds.register(&self.cloud_url).unwrap_or_default();
+        let id = self
+            .shared
+            .clouds
+            .register(&self.cloud_url)
+            .unwrap_or_default();
         crate::webhook::local_url(&self.shared.local_advertise, &id, &self.cloud_url)
     }
 
-    async fn dial(&mut self) -> Event {
-        let cfg = &self.shared.config;
-        let ws = connect::ws_config(cfg.limits.max_frame_bytes, cfg.limits.ws_read_buffer_bytes);
-        let attempt = connect::dial(&self.cloud_url, self.shared.tls.clone(), ws, cfg.cloud.connect_timeout);
-        let result = tokio::select! {
-            biased;
-            () = self.cancel.cancelled() => return Event::Shutdown,
-            r = attempt => r,
-        };
-        match result {
-            Ok(sock) => {
-                tracing::debug!(hop = "cloud", url = %self.cloud_url, "cloud socket open");
-                self.cloud = Some(sock);
-                Event::CloudConnected
-            }
-            Err(e) => {
-                tracing::warn!(hop = "cloud", error = %e, "cannot reach the cloud");
-                self.shared.metrics.cloud_connect_failure(e.reason());
-                Event::CloudDialFailed
-            }
+    /// Dials the cloud in the background; the result comes back as a command, so the
+    /// session keeps serving the app while a dial waits on a slow or dead cloud.
+    fn dial(&mut self) {
+        self.dial_generation += 1;
+        let generation = self.dial_generation;
+        if generation > 1 {
+            self.shared.metrics.cloud_reconnect_attempt();
         }
+        let shared = self.shared.clone();
+        let url = self.cloud_url.clone();
+        let mailbox = self.mailbox.clone();
+        let cancel = self.cancel.clone();
+        self.shared.tracker.spawn(async move {
+            let cfg = &shared.config;
+            let ws =
+                connect::ws_config(cfg.limits.max_frame_bytes, cfg.limits.ws_read_buffer_bytes);
+            let attempt = connect::dial(&url, shared.tls.clone(), ws, cfg.cloud.connect_timeout);
+            let result = tokio::select! {
+                () = cancel.cancelled() => return,
+                r = attempt => r,
+            };
+            let result = result.map(Box::new).map_err(|e| {
+                tracing::warn!(hop = "cloud", error = %e, "cannot reach the cloud");
+                shared.metrics.cloud_connect_failure(e.reason());
+                e.reason()
+            });
+            let _ = mailbox.send(Command::Dialed { generation, result }).await;
+        });
     }
 }
 
@@ -446,7 +570,7 @@ fn from_app(m: Option<Result<Message, WsError>>) -> Option<Event> {
 fn from_cloud(m: Option<Result<Message, WsError>>) -> Option<Event> {
     classify(m, Direction::Down).and_then(|r| match r {
         Read::Frame(frame) => Some(Event::CloudFrame(frame)),
-        Read::Pong(_) => None,
+        Read::Pong(_) => Some(Event::CloudPong),
         Read::Closed(c) => Some(Event::CloudClosed(c)),
         Read::Lost => Some(Event::CloudLost),
         Read::TooBig(d) => Some(Event::TooBig(d)),

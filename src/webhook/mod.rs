@@ -8,7 +8,11 @@ use serde_json::{Map, Value};
 use url::Url;
 
 /// Every field a cloud era uses for the app's WebSocket URL (PROTOCOL §2.1, §14).
-pub const URL_FIELDS: &[&str] = &["augmentOSWebsocketUrl", "mentraOSWebsocketUrl", "websocketUrl"];
+pub const URL_FIELDS: &[&str] = &[
+    "augmentOSWebsocketUrl",
+    "mentraOSWebsocketUrl",
+    "websocketUrl",
+];
 
 /// A parsed `session_request`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +40,10 @@ pub fn parse_session_request(obj: &Map<String, Value>) -> Result<SessionRequest,
         .filter(|s| !s.is_empty())
         .ok_or(WebhookError::MissingSessionId)?
         .to_string();
-    let user_id = obj.get("userId").and_then(Value::as_str).map(str::to_string);
+    let user_id = obj
+        .get("userId")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let mut urls = Vec::new();
     for field in URL_FIELDS {
         let Some(v) = obj.get(*field) else { continue };
@@ -64,7 +71,11 @@ pub fn parse_session_request(obj: &Map<String, Value>) -> Result<SessionRequest,
 /// The local URL that stands for `cloud_url`: same path and query, under `/c/<cloud_id>` on
 /// Tether's local listener.
 pub fn local_url(advertise: &str, cloud_id: &str, cloud_url: &Url) -> String {
-    let mut out = format!("ws://{advertise}{}{cloud_id}{}", crate::upstream::clouds::PREFIX, cloud_url.path());
+    let mut out = format!(
+        "ws://{advertise}{}{cloud_id}{}",
+        crate::upstream::clouds::PREFIX,
+        cloud_url.path()
+    );
     if let Some(q) = cloud_url.query() {
         out.push('?');
         out.push_str(q);
@@ -94,7 +105,14 @@ mod tests {
         .expect("parse");
         assert_eq!(req.session_id, "a@b.c-com.x");
         let fields: Vec<_> = req.urls.iter().map(|(f, _)| f.as_str()).collect();
-        assert_eq!(fields, ["augmentOSWebsocketUrl", "mentraOSWebsocketUrl", "websocketUrl"]);
+        assert_eq!(
+            fields,
+            [
+                "augmentOSWebsocketUrl",
+                "mentraOSWebsocketUrl",
+                "websocketUrl"
+            ]
+        );
     }
 
     #[test]
@@ -112,6 +130,9 @@ mod tests {
     #[test]
     fn local_url_keeps_path_and_query() {
         let u = Url::parse("wss://api.x/tpa-ws?region=eu").expect("url");
-        assert_eq!(local_url("127.0.0.1:8081", "ab12cd34", &u), "ws://127.0.0.1:8081/c/ab12cd34/tpa-ws?region=eu");
+        assert_eq!(
+            local_url("127.0.0.1:8081", "ab12cd34", &u),
+            "ws://127.0.0.1:8081/c/ab12cd34/tpa-ws?region=eu"
+        );
     }
 }

@@ -13,11 +13,15 @@ fn text(s: &str) -> Frame {
 }
 
 fn init(key: &str) -> Frame {
-    text(&format!(r#"{{"type":"tpa_connection_init","sessionId":"s","packageName":"p","apiKey":"{key}"}}"#))
+    text(&format!(
+        r#"{{"type":"tpa_connection_init","sessionId":"s","packageName":"p","apiKey":"{key}"}}"#
+    ))
 }
 
 fn tx(n: u32) -> Frame {
-    text(&format!(r#"{{"type":"data_stream","streamType":"transcription:en-US","data":{{"isFinal":true,"seq":{n}}}}}"#))
+    text(&format!(
+        r#"{{"type":"data_stream","streamType":"transcription:en-US","data":{{"isFinal":true,"seq":{n}}}}}"#
+    ))
 }
 
 fn ms(n: u64) -> Duration {
@@ -25,7 +29,14 @@ fn ms(n: u64) -> Duration {
 }
 
 fn new_session(now: Instant) -> Session {
-    let (s, actions) = Session::start(init("k"), UrlMap::default(), Settings::default(), GlobalBytes::new(1 << 30), now);
+    let (s, actions) = Session::start(
+        "s".into(),
+        init("k"),
+        UrlMap::default(),
+        Settings::default(),
+        GlobalBytes::new(1 << 30),
+        now,
+    );
     assert_eq!(actions, vec![Action::DialCloud]);
     s
 }
@@ -33,7 +44,10 @@ fn new_session(now: Instant) -> Session {
 /// A session that is live, acked, and whose app subscribed to transcriptions.
 fn live(now: Instant) -> Session {
     let mut s = new_session(now);
-    assert_eq!(s.handle(Event::CloudConnected, now), vec![Action::SendCloud(init("k"), Kind::ConnectionInit)]);
+    assert_eq!(
+        s.handle(Event::CloudConnected, now),
+        vec![Action::SendCloud(init("k"), Kind::ConnectionInit)]
+    );
     s.handle(Event::CloudFrame(text(ACK)), now);
     assert_eq!(
         s.handle(Event::AppFrame(text(SUB_TX)), now),
@@ -71,9 +85,14 @@ fn pong(n: u64) -> Event {
 fn init_goes_first_then_held_frames_in_order() {
     let now = Instant::now();
     let mut s = new_session(now);
-    assert!(s.handle(Event::AppFrame(text(r#"{"type":"a"}"#)), now).is_empty());
+    assert!(s
+        .handle(Event::AppFrame(text(r#"{"type":"a"}"#)), now)
+        .is_empty());
     let actions = s.handle(Event::CloudConnected, now);
-    assert_eq!(sent_to_cloud(&actions), vec![init("k"), text(r#"{"type":"a"}"#)]);
+    assert_eq!(
+        sent_to_cloud(&actions),
+        vec![init("k"), text(r#"{"type":"a"}"#)]
+    );
 }
 
 #[test]
@@ -81,21 +100,39 @@ fn cloud_close_passes_through_exactly() {
     let now = Instant::now();
     let mut s = live(now);
     let close = Close::new(1000, "App stopped");
-    assert_eq!(s.handle(Event::CloudClosed(Some(close.clone())), now), vec![Action::CloseApp(Some(close))]);
+    assert_eq!(
+        s.handle(Event::CloudClosed(Some(close.clone())), now),
+        vec![Action::CloseApp(Some(close))]
+    );
     assert_eq!(s.end_reason(), Some(EndReason::CloudClosed));
-    assert!(s.handle(Event::CloudFrame(tx(1)), now).is_empty(), "nothing after the end");
+    assert!(
+        s.handle(Event::CloudFrame(tx(1)), now).is_empty(),
+        "nothing after the end"
+    );
 }
 
 #[test]
 fn frames_are_pinged_and_pongs_release_them() {
     let now = Instant::now();
     let mut s = live(now); // the ack went out as frame 1, with ping 1
-    assert_eq!(s.handle(Event::CloudFrame(tx(1)), now), vec![Action::SendApp(tx(1), Kind::DataStream)]);
+    assert_eq!(
+        s.handle(Event::CloudFrame(tx(1)), now),
+        vec![Action::SendApp(tx(1), Kind::DataStream)]
+    );
     // One ping in flight at a time: its pong asks for the next one.
-    assert_eq!(s.handle(pong(1), now), vec![Action::PingApp(Bytes::copy_from_slice(&2u64.to_be_bytes()))]);
+    assert_eq!(
+        s.handle(pong(1), now),
+        vec![Action::PingApp(Bytes::copy_from_slice(&2u64.to_be_bytes()))]
+    );
     assert!(s.handle(pong(2), now).is_empty());
     let a = s.handle(Event::CloudFrame(tx(2)), now);
-    assert_eq!(a, vec![Action::SendApp(tx(2), Kind::DataStream), Action::PingApp(Bytes::copy_from_slice(&3u64.to_be_bytes()))]);
+    assert_eq!(
+        a,
+        vec![
+            Action::SendApp(tx(2), Kind::DataStream),
+            Action::PingApp(Bytes::copy_from_slice(&3u64.to_be_bytes()))
+        ]
+    );
     // A stale or foreign pong changes nothing.
     assert!(s.handle(pong(99), now).is_empty());
 }
@@ -116,7 +153,10 @@ fn a_crashed_app_is_held_refired_answered_locally_and_replayed_in_order() {
         assert!(s.handle(Event::CloudFrame(tx(n)), t0 + ms(10)).is_empty());
     }
     assert!(s.handle(Event::AppHealth(false), t0 + ms(100)).is_empty());
-    assert_eq!(s.handle(Event::AppHealth(true), t0 + ms(2000)), vec![Action::RefireWebhook]);
+    assert_eq!(
+        s.handle(Event::AppHealth(true), t0 + ms(2000)),
+        vec![Action::RefireWebhook]
+    );
     // The restarted app connects with the same init: answered from the cache.
     let a = s.handle(Event::AppAttach(init("k")), t0 + ms(2050));
     assert_eq!(a[0], Action::AcceptApp);
@@ -124,11 +164,17 @@ fn a_crashed_app_is_held_refired_answered_locally_and_replayed_in_order() {
     assert!(sent_to_cloud(&a).is_empty(), "the cloud sees no init");
     assert_eq!(s.phase(), "replaying");
     // The SDK's first, empty list is not forwarded and does not flush.
-    assert!(s.handle(Event::AppFrame(text(SUB_EMPTY)), t0 + ms(2060)).is_empty());
+    assert!(s
+        .handle(Event::AppFrame(text(SUB_EMPTY)), t0 + ms(2060))
+        .is_empty());
     // Its handlers re-subscribe to the same set: nothing goes up, the buffer flushes.
     let a = s.handle(Event::AppFrame(text(SUB_TX)), t0 + ms(2070));
     assert!(sent_to_cloud(&a).is_empty());
-    assert_eq!(sent_to_app(&a), vec![tx(2), tx(3), tx(4), tx(5)], "unproven frame first, then the buffer");
+    assert_eq!(
+        sent_to_app(&a),
+        vec![tx(2), tx(3), tx(4), tx(5)],
+        "unproven frame first, then the buffer"
+    );
     assert!(a.contains(&Action::Recovered {
         replayed: 4,
         latency: ms(70)
@@ -159,8 +205,13 @@ fn the_hold_window_ends_the_session_honestly() {
     s.handle(Event::AppLost, t0);
     s.handle(Event::AppHealth(false), t0 + ms(100));
     s.handle(Event::CloudFrame(tx(1)), t0 + ms(200));
-    assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(60)));
-    assert!(s.handle(Event::Tick, t0 + ms(59_000)).is_empty());
+    assert!(s.next_deadline() <= Some(t0 + Duration::from_secs(60)));
+    s.handle(Event::CloudPong, t0 + ms(58_000));
+    let a = s.handle(Event::Tick, t0 + ms(59_000));
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::CloseCloud(_))),
+        "{a:?}"
+    );
     let a = s.handle(Event::Tick, t0 + Duration::from_secs(60));
     assert_eq!(
         a,
@@ -182,7 +233,10 @@ fn a_clean_close_by_a_healthy_app_that_stays_away_is_meant() {
     assert_eq!(s.handle(Event::AppClosed(None), t0), vec![Action::AbortApp]);
     assert_eq!(s.next_deadline(), Some(t0 + ms(2000)));
     assert!(s.handle(Event::Tick, t0 + ms(1999)).is_empty());
-    assert_eq!(s.handle(Event::Tick, t0 + ms(2000)), vec![Action::CloseCloud(None)]);
+    assert_eq!(
+        s.handle(Event::Tick, t0 + ms(2000)),
+        vec![Action::CloseCloud(None)]
+    );
     assert_eq!(s.end_reason(), Some(EndReason::AppClosed));
 }
 
@@ -193,9 +247,15 @@ fn a_clean_close_followed_by_a_failing_probe_is_a_restart() {
     // SIGTERM: the SDK closes its sockets, then the process exits.
     s.handle(Event::AppClosed(None), t0);
     s.handle(Event::AppHealth(false), t0 + ms(150));
-    assert!(s.handle(Event::Tick, t0 + ms(3000)).is_empty(), "no end at the intent window");
+    assert!(
+        s.handle(Event::Tick, t0 + ms(3000)).is_empty(),
+        "no end at the intent window"
+    );
     assert_eq!(s.phase(), "app_down");
-    assert_eq!(s.handle(Event::AppHealth(true), t0 + ms(4000)), vec![Action::RefireWebhook]);
+    assert_eq!(
+        s.handle(Event::AppHealth(true), t0 + ms(4000)),
+        vec![Action::RefireWebhook]
+    );
 }
 
 #[test]
@@ -203,7 +263,10 @@ fn a_stop_request_lets_the_app_close_through_at_once() {
     let t0 = Instant::now();
     let mut s = live(t0);
     s.handle(Event::StopRequested, t0);
-    assert_eq!(s.handle(Event::AppClosed(None), t0), vec![Action::CloseCloud(None)]);
+    assert_eq!(
+        s.handle(Event::AppClosed(None), t0),
+        vec![Action::CloseCloud(None)]
+    );
     assert_eq!(s.end_reason(), Some(EndReason::AppClosed));
 }
 
@@ -212,9 +275,15 @@ fn app_stopped_then_close_reaches_the_app() {
     let t0 = Instant::now();
     let mut s = live(t0);
     let stopped = text(r#"{"type":"app_stopped"}"#);
-    assert_eq!(sent_to_app(&s.handle(Event::CloudFrame(stopped.clone()), t0)), vec![stopped]);
+    assert_eq!(
+        sent_to_app(&s.handle(Event::CloudFrame(stopped.clone()), t0)),
+        vec![stopped]
+    );
     let close = Close::new(1000, "User session ended");
-    assert_eq!(s.handle(Event::CloudClosed(Some(close.clone())), t0), vec![Action::CloseApp(Some(close))]);
+    assert_eq!(
+        s.handle(Event::CloudClosed(Some(close.clone())), t0),
+        vec![Action::CloseApp(Some(close))]
+    );
 }
 
 #[test]
@@ -230,7 +299,14 @@ fn an_sdk_reconnect_is_answered_locally() {
     assert!(sent_to_cloud(&a).is_empty());
     assert_eq!(s.phase(), "live");
     // Live traffic flows again.
-    assert_eq!(sent_to_cloud(&s.handle(Event::AppFrame(text(r#"{"type":"display_event"}"#)), t0 + ms(1020))).len(), 1);
+    assert_eq!(
+        sent_to_cloud(&s.handle(
+            Event::AppFrame(text(r#"{"type":"display_event"}"#)),
+            t0 + ms(1020)
+        ))
+        .len(),
+        1
+    );
 }
 
 #[test]
@@ -239,10 +315,16 @@ fn an_abrupt_loss_with_a_healthy_app_and_no_reconnect_refires() {
     let mut s = live(t0);
     s.handle(Event::AppLost, t0);
     assert_eq!(s.next_deadline(), Some(t0 + RECONNECT_GRACE));
-    assert_eq!(s.handle(Event::Tick, t0 + RECONNECT_GRACE), vec![Action::RefireWebhook]);
+    assert_eq!(
+        s.handle(Event::Tick, t0 + RECONNECT_GRACE),
+        vec![Action::RefireWebhook]
+    );
     // A failed re-fire is retried.
     s.handle(Event::RefireDone(false), t0 + ms(1600));
-    assert_eq!(s.handle(Event::Tick, t0 + ms(1600) + REFIRE_RETRY), vec![Action::RefireWebhook]);
+    assert_eq!(
+        s.handle(Event::Tick, t0 + ms(1600) + REFIRE_RETRY),
+        vec![Action::RefireWebhook]
+    );
 }
 
 #[test]
@@ -262,7 +344,10 @@ fn a_hung_app_is_detected_by_missed_pongs() {
             break;
         }
     }
-    assert_eq!(pings, 1, "a keep-alive ping at 5 s, unanswered; given up at 15 s");
+    assert_eq!(
+        pings, 1,
+        "a keep-alive ping at 5 s, unanswered; given up at 15 s"
+    );
     assert_eq!(now, t0 + Duration::from_secs(15));
     assert_eq!(s.phase(), "app_down");
 }
@@ -273,7 +358,8 @@ fn a_changed_subscription_set_after_restart_is_forwarded() {
     let mut s = live(t0);
     s.handle(Event::AppLost, t0);
     s.handle(Event::AppAttach(init("k")), t0 + ms(10));
-    let more = r#"{"type":"subscription_update","subscriptions":["transcription:en-US","button_press"]}"#;
+    let more =
+        r#"{"type":"subscription_update","subscriptions":["transcription:en-US","button_press"]}"#;
     let a = s.handle(Event::AppFrame(text(more)), t0 + ms(20));
     assert_eq!(sent_to_cloud(&a), vec![text(more)]);
     assert_eq!(s.phase(), "live", "the new set covers the old one: flushed");
@@ -295,7 +381,12 @@ fn the_replay_flushes_after_the_wait_when_the_app_never_resubscribes() {
 fn updates_after_the_ack_are_folded_into_the_local_answer() {
     let t0 = Instant::now();
     let mut s = live(t0);
-    s.handle(Event::CloudFrame(text(r#"{"type":"settings_update","settings":[{"key":"k","value":2}]}"#)), t0);
+    s.handle(
+        Event::CloudFrame(text(
+            r#"{"type":"settings_update","settings":[{"key":"k","value":2}]}"#,
+        )),
+        t0,
+    );
     s.handle(Event::AppLost, t0);
     let a = s.handle(Event::AppAttach(init("k")), t0 + ms(5));
     let Some(Frame::Text(ack)) = sent_to_app(&a).into_iter().next() else {
@@ -312,7 +403,14 @@ fn audio_urls_on_the_local_base_are_sent_to_the_cloud_base() {
         local_prefixes: vec!["https://127.0.0.1:8081/c/ab12cd34".into()],
         cloud_base: "https://api.example.net".into(),
     };
-    let (mut s, _) = Session::start(text("{}"), urls, Settings::default(), GlobalBytes::new(1 << 20), now);
+    let (mut s, _) = Session::start(
+        "s".into(),
+        text("{}"),
+        urls,
+        Settings::default(),
+        GlobalBytes::new(1 << 20),
+        now,
+    );
     s.handle(Event::CloudConnected, now);
     let req = r#"{"type":"audio_play_request","requestId":"r1","audioUrl":"https://127.0.0.1:8081/c/ab12cd34/api/tts?text=hi"}"#;
     let a = s.handle(Event::AppFrame(text(req)), now);
@@ -331,6 +429,221 @@ fn oversized_frames_close_both_legs_with_1009() {
     let close = Close::new(1009, "Message too big");
     assert_eq!(
         s.handle(Event::TooBig(Direction::Up), now),
-        vec![Action::CloseApp(Some(close.clone())), Action::CloseCloud(Some(close))]
+        vec![
+            Action::CloseApp(Some(close.clone())),
+            Action::CloseCloud(Some(close))
+        ]
     );
+}
+
+// === the cloud link ===
+
+fn display(view: &str, n: u32) -> Frame {
+    text(&format!(
+        r#"{{"type":"display_event","view":"{view}","n":{n}}}"#
+    ))
+}
+
+fn lose_cloud(s: &mut Session, now: Instant) {
+    let a = s.handle(Event::CloudLost, now);
+    assert_eq!(
+        a,
+        vec![
+            Action::AbortCloud,
+            Action::CloudLinkLost { cause: "lost" },
+            Action::DialCloud
+        ],
+        "the first try is immediate"
+    );
+    assert_eq!(s.phase(), "cloud_down");
+}
+
+#[test]
+fn a_dropped_cloud_link_is_healed_without_the_app_noticing() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    lose_cloud(&mut s, t0);
+    // The app keeps talking; its frames wait, and it hears nothing.
+    let mut superseded = 0;
+    for (n, view) in [
+        (1, "dashboard"),
+        (2, "dashboard"),
+        (3, "dashboard"),
+        (1, "main"),
+    ] {
+        let a = s.handle(Event::AppFrame(display(view, n)), t0 + ms(1));
+        assert!(
+            sent_to_app(&a).is_empty() && sent_to_cloud(&a).is_empty(),
+            "{a:?}"
+        );
+        superseded += a
+            .iter()
+            .filter(|a| matches!(a, Action::Dropped(d) if d.reason == "superseded"))
+            .count();
+    }
+    assert_eq!(superseded, 2, "older dashboard updates are superseded");
+    let a = s.handle(Event::CloudConnected, t0 + ms(20));
+    assert_eq!(
+        a,
+        vec![Action::SendCloud(init("k"), Kind::ConnectionInit)],
+        "the cached init goes first"
+    );
+    let a = s.handle(Event::CloudFrame(text(ACK)), t0 + ms(30));
+    assert!(sent_to_app(&a).is_empty(), "no second ack for the app");
+    assert_eq!(
+        sent_to_cloud(&a),
+        vec![text(SUB_TX), display("dashboard", 3), display("main", 1)],
+        "subscriptions restored, then the newest display per view"
+    );
+    assert!(a.contains(&Action::CloudReacked {
+        outage: ms(30),
+        resurrected: false
+    }));
+    assert_eq!(s.phase(), "live");
+}
+
+#[test]
+fn a_changed_ack_reaches_the_app_as_updates() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    lose_cloud(&mut s, t0);
+    s.handle(Event::CloudConnected, t0);
+    let new_ack =
+        r#"{"type":"tpa_connection_ack","sessionId":"s","settings":[{"key":"k","value":9}]}"#;
+    let a = s.handle(Event::CloudFrame(text(new_ack)), t0 + ms(5));
+    let got = sent_to_app(&a);
+    assert_eq!(got.len(), 1);
+    let Frame::Text(t) = &got[0] else { panic!() };
+    let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("json");
+    assert_eq!(v["type"], "settings_update");
+    assert_eq!(v["settings"][0]["value"], 9);
+}
+
+#[test]
+fn only_meant_cloud_closes_end_the_session() {
+    for (code, reason, ends) in [
+        (1000, "", true),
+        (1001, "", true),
+        (1008, "Invalid API key", true),
+        (4000, "User session ended", true),
+        (1011, "Internal server error", false),
+        (1012, "", false),
+        (4000, "", false),
+    ] {
+        let t0 = Instant::now();
+        let mut s = live(t0);
+        let close = Close::new(code, reason);
+        let a = s.handle(Event::CloudClosed(Some(close.clone())), t0);
+        if ends {
+            assert_eq!(a, vec![Action::CloseApp(Some(close))], "{code} {reason}");
+        } else {
+            assert!(a.contains(&Action::DialCloud), "{code} {reason}: {a:?}");
+            assert_eq!(s.phase(), "cloud_down");
+        }
+    }
+}
+
+#[test]
+fn a_silent_cloud_is_declared_dead_after_three_intervals() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    let every = Duration::from_secs(10);
+    assert_eq!(s.handle(Event::Tick, t0 + every), vec![Action::PingCloud]);
+    // A pong keeps it alive.
+    s.handle(Event::CloudPong, t0 + every + ms(1));
+    assert_eq!(
+        s.handle(Event::Tick, t0 + every * 2),
+        vec![Action::PingCloud]
+    );
+    assert_eq!(
+        s.handle(Event::Tick, t0 + every * 3),
+        vec![Action::PingCloud]
+    );
+    // Nothing since 10 s: silent at 40 s.
+    let a = s.handle(Event::Tick, t0 + every * 4 + ms(1));
+    assert!(
+        a.contains(&Action::CloudLinkLost { cause: "silent" }),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn failed_dials_back_off_with_jitter_under_the_cap() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    lose_cloud(&mut s, t0);
+    let mut now = t0;
+    for attempt in 1..=6u32 {
+        assert!(s.handle(Event::CloudDialFailed, now).is_empty());
+        let due = s.next_deadline().expect("retry");
+        let cap = (ms(100) * 2u32.pow(attempt)).min(Duration::from_secs(5));
+        assert!(
+            due >= now && due <= now + cap,
+            "attempt {attempt}: {:?} > {cap:?}",
+            due - now
+        );
+        assert_eq!(s.handle(Event::Tick, due), vec![Action::DialCloud]);
+        now = due;
+    }
+}
+
+#[test]
+fn a_refused_re_init_waits_for_the_resurrection_and_heals_in_place() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    lose_cloud(&mut s, t0);
+    s.handle(Event::CloudConnected, t0 + ms(10));
+    let refusal = text(
+        r#"{"type":"tpa_connection_error","code":"APP_NOT_STARTED","message":"App not started for this session"}"#,
+    );
+    let a = s.handle(Event::CloudFrame(refusal), t0 + ms(20));
+    assert_eq!(a, vec![Action::AbortCloud], "the app hears nothing of it");
+    assert_eq!(s.phase(), "cloud_down");
+    assert!(
+        s.handle(Event::Tick, t0 + Duration::from_secs(5))
+            .is_empty(),
+        "no dials of its own"
+    );
+    assert_eq!(
+        s.handle(Event::CloudResurrect, t0 + Duration::from_secs(6)),
+        vec![Action::DialCloud]
+    );
+    s.handle(Event::CloudConnected, t0 + Duration::from_secs(6));
+    let a = s.handle(Event::CloudFrame(text(ACK)), t0 + Duration::from_secs(6));
+    assert!(a.contains(&Action::CloudReacked {
+        outage: Duration::from_secs(6),
+        resurrected: true
+    }));
+    assert_eq!(s.phase(), "live");
+}
+
+#[test]
+fn a_refused_session_that_is_never_resurrected_ends_towards_the_app() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    lose_cloud(&mut s, t0);
+    s.handle(Event::CloudConnected, t0);
+    s.handle(
+        Event::CloudClosed(Some(Close::new(1008, "App not started for this session"))),
+        t0,
+    );
+    let a = s.handle(Event::Tick, t0 + Duration::from_secs(15));
+    assert_eq!(
+        a,
+        vec![Action::CloseApp(Some(Close::new(1001, "Cloud link lost")))]
+    );
+    assert_eq!(s.end_reason(), Some(EndReason::CloudLost));
+}
+
+#[test]
+fn an_sdk_json_ping_is_answered_locally() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    let a = s.handle(Event::AppFrame(text(r#"{"type":"ping"}"#)), t0);
+    assert!(sent_to_cloud(&a).is_empty());
+    let got = sent_to_app(&a);
+    let Some(Frame::Text(t)) = got.first() else {
+        panic!("{a:?}")
+    };
+    assert!(t.as_str().starts_with(r#"{"type":"pong""#));
 }
