@@ -53,7 +53,11 @@ fn readyz(shared: &Shared, verbose: bool) -> Response<Body> {
     let draining = shared.draining.load(Ordering::Relaxed);
     // Readiness never waits on the cloud unless registration is configured as required.
     let registered = !shared.config.registration.required || shared.registration.is_registered();
-    let checks = [("listeners", true), ("not-draining", !draining), ("registration", registered)];
+    let checks = [
+        ("listeners", true),
+        ("not-draining", !draining),
+        ("registration", registered),
+    ];
     let ok = checks.iter().all(|(_, pass)| *pass);
     let status = if ok {
         StatusCode::OK
