@@ -40,7 +40,9 @@ pub struct EchoPeer {
 impl EchoPeer {
     /// Binds 127.0.0.1:0 and accepts until [`EchoPeer::shutdown`].
     pub async fn start() -> anyhow::Result<EchoPeer> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.context("bind echo peer")?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("bind echo peer")?;
         let addr = listener.local_addr()?;
         let (cancel, tracker) = (CancellationToken::new(), TaskTracker::new());
         let (c, t) = (cancel.clone(), tracker.clone());
@@ -57,7 +59,11 @@ impl EchoPeer {
                 t.spawn(connection(tcp, c.clone()));
             }
         });
-        Ok(EchoPeer { addr, cancel, tracker })
+        Ok(EchoPeer {
+            addr,
+            cancel,
+            tracker,
+        })
     }
 
     /// The `/app-ws` URL a client or a webhook names.
@@ -77,7 +83,11 @@ impl EchoPeer {
 fn ack_for(init: &str) -> String {
     let session_id = serde_json::from_str::<Value>(init)
         .ok()
-        .and_then(|v| v.get("sessionId").and_then(Value::as_str).map(str::to_owned))
+        .and_then(|v| {
+            v.get("sessionId")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .unwrap_or_default();
     json!({
         "type": "tpa_connection_ack",
@@ -146,7 +156,9 @@ async fn connection(tcp: TcpStream, cancel: CancellationToken) {
                 acked = true;
                 ws.send(Message::text(ack_for(t.as_str()))).await
             }
-            Message::Text(t) if t.as_str().starts_with(CONTROL_PREFIX) => control(&mut ws, t.as_str(), &mut sunk).await,
+            Message::Text(t) if t.as_str().starts_with(CONTROL_PREFIX) => {
+                control(&mut ws, t.as_str(), &mut sunk).await
+            }
             m @ (Message::Text(_) | Message::Binary(_)) => match sunk.as_mut() {
                 Some(n) => {
                     *n += 1;
@@ -178,14 +190,20 @@ async fn control(
         Some("bench_sink_start") => *sunk = Some(0),
         Some("bench_sink_end") => {
             let n = sunk.take().unwrap_or(0);
-            ws.send(Message::text(json!({"type": "bench_sink_count", "n": n}).to_string()))
-                .await?;
+            ws.send(Message::text(
+                json!({"type": "bench_sink_count", "n": n}).to_string(),
+            ))
+            .await?;
         }
         Some("bench_burst") => {
             let count = v.get("count").and_then(Value::as_u64).unwrap_or(0);
             let binary = v.get("binary").and_then(Value::as_bool).unwrap_or(false);
             // Bounded: a bad request cannot make the peer allocate without limit.
-            let size = v.get("size").and_then(Value::as_u64).unwrap_or(640).min(1 << 20) as usize;
+            let size = v
+                .get("size")
+                .and_then(Value::as_u64)
+                .unwrap_or(640)
+                .min(1 << 20) as usize;
             let text = Utf8Bytes::from(data_frame(0));
             let bin = Bytes::from(vec![0x5a_u8; size]);
             for i in 1..=count {

@@ -107,7 +107,9 @@ impl Default for HttpClient {
 impl DummyApp {
     /// Binds 127.0.0.1:0 and serves until [`DummyApp::shutdown`].
     pub async fn start() -> anyhow::Result<DummyApp> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.context("bind dummy app")?;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("bind dummy app")?;
         let addr = listener.local_addr()?;
         let (tx, webhooks) = mpsc::unbounded_channel();
         let (cancel, tracker) = (CancellationToken::new(), TaskTracker::new());
@@ -125,7 +127,8 @@ impl DummyApp {
                 let _ = tcp.set_nodelay(true);
                 let tx = tx.clone();
                 let svc = hyper::service::service_fn(move |req| answer(req, tx.clone()));
-                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc);
                 let c = c.clone();
                 t.spawn(async move {
                     tokio::select! {
@@ -176,9 +179,17 @@ impl DummyApp {
     }
 }
 
-async fn answer(req: Request<Incoming>, tx: mpsc::UnboundedSender<Value>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    req: Request<Incoming>,
+    tx: mpsc::UnboundedSender<Value>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let is_webhook = req.method() == Method::POST && req.uri().path() == "/webhook";
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let reply = if is_webhook {
         // A body that is not JSON is still answered; the bench then times out waiting for it.
         if let Ok(v) = serde_json::from_slice::<Value>(&body) {

@@ -67,8 +67,12 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     };
     // On a signal the bench future is dropped, and with it every child process
     // (kill_on_drop), so an interrupted run leaves no app simulator behind.
+    // Every wait inside is bounded; this catches whatever is not.
     tokio::select! {
-        r = bench => r,
+        r = tokio::time::timeout(HARD_LIMIT, bench) => match r {
+            Ok(r) => r,
+            Err(_) => anyhow::bail!("the bench ran past {HARD_LIMIT:?}"),
+        },
         s = signal() => anyhow::bail!("interrupted by {s}"),
     }
 }
@@ -103,6 +107,9 @@ async fn start_tether(app_url: &str, extra_yaml: &str) -> anyhow::Result<Running
     let running = crate::runtime::start(config, CancellationToken::new()).await?;
     Ok(running)
 }
+
+/// Outer bound on one bench run.
+const HARD_LIMIT: Duration = Duration::from_secs(3600);
 
 /// How long Tether gets to close its sessions at the end of a run.
 const TETHER_GRACE: Duration = Duration::from_secs(10);

@@ -20,6 +20,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use rand::Rng as _;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -59,6 +60,11 @@ pub struct RecoveryArgs {
     /// Time the app stays dead before it is restarted, in ms.
     #[arg(long, default_value_t = 200)]
     pub down_ms: u64,
+    /// Up to this much (uniform random) is added to each down time, in ms. With 0, a down
+    /// time that is a multiple of the probe period meets the probe at the same phase every
+    /// cycle; jitter samples every phase.
+    #[arg(long, default_value_t = 0)]
+    pub down_jitter_ms: u64,
     /// Period of the emulator's numbered transcriptions per session, in ms.
     #[arg(long, default_value_t = 50)]
     pub interval_ms: u64,
@@ -89,6 +95,7 @@ struct Report {
     cycles: u32,
     completed_cycles: u32,
     down_ms: u64,
+    down_jitter_ms: u64,
     interval_ms: u64,
     probe_ms: u64,
     poll_ms: u64,
@@ -182,13 +189,35 @@ struct Rig {
 /// A peer cannot start or the setup does not complete; problems during the cycles are
 /// reported in the output instead.
 pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
-    anyhow::ensure!((1..=200).contains(&args.sessions), "--sessions must be 1..=200");
-    anyhow::ensure!((1..=10_000).contains(&args.cycles), "--cycles must be 1..=10000");
+    anyhow::ensure!(
+        (1..=200).contains(&args.sessions),
+        "--sessions must be 1..=200"
+    );
+    anyhow::ensure!(
+        (1..=10_000).contains(&args.cycles),
+        "--cycles must be 1..=10000"
+    );
     anyhow::ensure!(args.down_ms <= 30_000, "--down-ms must be at most 30000");
-    anyhow::ensure!((1..=10_000).contains(&args.interval_ms), "--interval-ms must be 1..=10000");
-    anyhow::ensure!((1..=5_000).contains(&args.probe_ms), "--probe-ms must be 1..=5000");
-    anyhow::ensure!((1..=1_000).contains(&args.poll_ms), "--poll-ms must be 1..=1000");
-    anyhow::ensure!((100..=120_000).contains(&args.recover_timeout_ms), "--recover-timeout-ms must be 100..=120000");
+    anyhow::ensure!(
+        args.down_jitter_ms <= 30_000,
+        "--down-jitter-ms must be at most 30000"
+    );
+    anyhow::ensure!(
+        (1..=10_000).contains(&args.interval_ms),
+        "--interval-ms must be 1..=10000"
+    );
+    anyhow::ensure!(
+        (1..=5_000).contains(&args.probe_ms),
+        "--probe-ms must be 1..=5000"
+    );
+    anyhow::ensure!(
+        (1..=1_000).contains(&args.poll_ms),
+        "--poll-ms must be 1..=1000"
+    );
+    anyhow::ensure!(
+        (100..=120_000).contains(&args.recover_timeout_ms),
+        "--recover-timeout-ms must be 100..=120000"
+    );
     let started = Instant::now();
     let mut rig = Rig::start(&args).await?;
     let outcome = cycles(&mut rig, &args, started + RUN_LIMIT).await;
@@ -205,23 +234,28 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", table(&report, rig_port_hint(&args)));
+        print!("{}", table(&report));
     }
     Ok(())
 }
 
-fn rig_port_hint(args: &RecoveryArgs) -> String {
-    format!("{} sessions, {} cycles", args.sessions, args.cycles)
-}
-
 /// Sets the sessions up, then runs the cycles. Returns cycles completed and the report
 /// (cloud totals and the final scrape are filled in by the caller).
-async fn cycles(rig: &mut Rig, args: &RecoveryArgs, deadline: Instant) -> anyhow::Result<(u32, Report)> {
-    let ids: Vec<String> = (0..args.sessions).map(|i| format!("bench{i}@example.com-{PACKAGE}")).collect();
+async fn cycles(
+    rig: &mut Rig,
+    args: &RecoveryArgs,
+    deadline: Instant,
+) -> anyhow::Result<(u32, Report)> {
+    let ids: Vec<String> = (0..args.sessions)
+        .map(|i| format!("bench{i}@example.com-{PACKAGE}"))
+        .collect();
     for i in 0..args.sessions {
         let user = format!("bench{i}@example.com");
         let outcome = rig.cloud.start_session(&user).await?;
-        anyhow::ensure!(outcome == StartOutcome::Running, "session of {user} did not start: {outcome:?}");
+        anyhow::ensure!(
+            outcome == StartOutcome::Running,
+            "session of {user} did not start: {outcome:?}"
+        );
     }
     tracing::info!("bench: sessions started");
     rig.wait_live(&ids).await?;
@@ -229,13 +263,16 @@ async fn cycles(rig: &mut Rig, args: &RecoveryArgs, deadline: Instant) -> anyhow
     let mut tracked = rig.wait_first_frames(&ids).await?;
 
     let mut frames = Frames::default();
-    let (mut listen_to, mut kill_to, mut spawn_to, mut tether_means) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut listen_to, mut kill_to, mut spawn_to, mut tether_means) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let first = rig.scrape().await?;
     let mut failure = None;
     let mut done = 0;
     for c in 1..=args.cycles {
         if Instant::now() >= deadline {
-            failure = Some(format!("stopped before cycle {c}: the run exceeded {RUN_LIMIT:?}"));
+            failure = Some(format!(
+                "stopped before cycle {c}: the run exceeded {RUN_LIMIT:?}"
+            ));
             break;
         }
         tracing::info!(cycle = c, "bench: killing the app");
@@ -271,7 +308,12 @@ async fn cycles(rig: &mut Rig, args: &RecoveryArgs, deadline: Instant) -> anyhow
     let listen = Summary::of(&listen_to);
     let tether_recovery = TetherRecovery {
         count: last.rec_count - first.rec_count,
-        mean_ms: round3(ratio_or_zero(last.rec_sum - first.rec_sum, last.rec_count - first.rec_count) * 1e3),
+        mean_ms: round3(
+            ratio_or_zero(
+                last.rec_sum - first.rec_sum,
+                last.rec_count - first.rec_count,
+            ) * 1e3,
+        ),
         p50_le_ms: bucket_quantile(&first.buckets, &last.buckets, 0.50),
         p95_le_ms: bucket_quantile(&first.buckets, &last.buckets, 0.95),
         per_cycle_mean_ms: rounded(Summary::of(&tether_means)),
@@ -283,6 +325,7 @@ async fn cycles(rig: &mut Rig, args: &RecoveryArgs, deadline: Instant) -> anyhow
         cycles: args.cycles,
         completed_cycles: done,
         down_ms: args.down_ms,
+        down_jitter_ms: args.down_jitter_ms,
         interval_ms: args.interval_ms,
         probe_ms: args.probe_ms,
         poll_ms: args.poll_ms,
@@ -349,7 +392,12 @@ impl Rig {
     }
 
     /// One kill/restart cycle; errors end the run (a session that never recovered).
-    async fn cycle(&mut self, args: &RecoveryArgs, tracked: &mut [Tracked], frames: &mut Frames) -> anyhow::Result<Cycle> {
+    async fn cycle(
+        &mut self,
+        args: &RecoveryArgs,
+        tracked: &mut [Tracked],
+        frames: &mut Frames,
+    ) -> anyhow::Result<Cycle> {
         // The old process's record, as late as possible before the kill.
         let old = seqs_by_session(&self.app_stats().await?);
         let before = self.recoveries().await?;
@@ -363,7 +411,12 @@ impl Rig {
             let got = old.get(&t.id).map(Vec::as_slice).unwrap_or_default();
             check_live(t, got, frames);
         }
-        tokio::time::sleep(Duration::from_millis(args.down_ms)).await;
+        let jitter = if args.down_jitter_ms > 0 {
+            rand::rng().random_range(0..=args.down_jitter_ms)
+        } else {
+            0
+        };
+        tokio::time::sleep(Duration::from_millis(args.down_ms + jitter)).await;
 
         let (app, t_spawn, t_listen) = AppProcess::spawn(self.port).await?;
         self.app = Some(app);
@@ -389,7 +442,8 @@ impl Rig {
             let rows = self.recoveries().await?;
             let now = Instant::now();
             for t in tracked.iter() {
-                let moved = rows.get(&t.id).copied().unwrap_or(0) > before.get(&t.id).copied().unwrap_or(0);
+                let moved =
+                    rows.get(&t.id).copied().unwrap_or(0) > before.get(&t.id).copied().unwrap_or(0);
                 if moved {
                     seen.entry(t.id.clone()).or_insert(now);
                 }
@@ -404,8 +458,14 @@ impl Rig {
         let targets: Vec<u64> = tracked.iter().map(|t| self.last_seq(&t.id)).collect();
         let new = self.catch_up(tracked, &targets).await?;
         for (i, t) in tracked.iter_mut().enumerate() {
-            let got: HashSet<u64> = new.get(&t.id).map(|v| v.iter().copied().collect()).unwrap_or_default();
-            let prior: HashSet<u64> = old.get(&t.id).map(|v| v.iter().copied().collect()).unwrap_or_default();
+            let got: HashSet<u64> = new
+                .get(&t.id)
+                .map(|v| v.iter().copied().collect())
+                .unwrap_or_default();
+            let prior: HashSet<u64> = old
+                .get(&t.id)
+                .map(|v| v.iter().copied().collect())
+                .unwrap_or_default();
             let old_max = prior.iter().copied().max().unwrap_or(t.verified_upto);
             let (k, target) = (at_kill[i], targets[i]);
             frames.lost_after_kill += (k + 1..=target).filter(|s| !got.contains(s)).count() as u64;
@@ -428,7 +488,11 @@ impl Rig {
 
     /// Polls the app until each session has received up to its target; returns what it
     /// received. A session that never gets there is left for the loss count to report.
-    async fn catch_up(&self, tracked: &[Tracked], targets: &[u64]) -> anyhow::Result<HashMap<String, Vec<u64>>> {
+    async fn catch_up(
+        &self,
+        tracked: &[Tracked],
+        targets: &[u64],
+    ) -> anyhow::Result<HashMap<String, Vec<u64>>> {
         let limit = Instant::now() + CATCH_UP_WAIT;
         loop {
             let seqs = seqs_by_session(&self.app_stats().await?);
@@ -448,10 +512,16 @@ impl Rig {
         let limit = Instant::now() + SETUP_WAIT;
         loop {
             let rows = self.rows().await?;
-            if ids.iter().all(|id| rows.get(id).is_some_and(|(state, _)| state == "live")) {
+            if ids
+                .iter()
+                .all(|id| rows.get(id).is_some_and(|(state, _)| state == "live"))
+            {
                 return Ok(());
             }
-            anyhow::ensure!(Instant::now() < limit, "sessions not live in Tether after {SETUP_WAIT:?}: {rows:?}");
+            anyhow::ensure!(
+                Instant::now() < limit,
+                "sessions not live in Tether after {SETUP_WAIT:?}: {rows:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -462,7 +532,10 @@ impl Rig {
         let limit = Instant::now() + SETUP_WAIT;
         loop {
             let seqs = seqs_by_session(&self.app_stats().await?);
-            let firsts: Vec<Option<u64>> = ids.iter().map(|id| seqs.get(id).and_then(|v| v.iter().copied().min())).collect();
+            let firsts: Vec<Option<u64>> = ids
+                .iter()
+                .map(|id| seqs.get(id).and_then(|v| v.iter().copied().min()))
+                .collect();
             if firsts.iter().all(Option::is_some) {
                 return Ok(ids
                     .iter()
@@ -473,24 +546,39 @@ impl Rig {
                     })
                     .collect());
             }
-            anyhow::ensure!(Instant::now() < limit, "no transcription reached the app within {SETUP_WAIT:?}");
+            anyhow::ensure!(
+                Instant::now() < limit,
+                "no transcription reached the app within {SETUP_WAIT:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     async fn app_stats(&self) -> anyhow::Result<Value> {
-        self.http.get_json(&format!("http://127.0.0.1:{}/sim/stats", self.port)).await
+        self.http
+            .get_json(&format!("http://127.0.0.1:{}/sim/stats", self.port))
+            .await
     }
 
     /// `/sessions`: state and recoveries by session id.
     async fn rows(&self) -> anyhow::Result<BTreeMap<String, (String, u64)>> {
-        let v = self.http.get_json(&format!("{}/sessions", self.admin)).await?;
-        let rows = v.get("sessions").and_then(Value::as_array).context("/sessions has no sessions array")?;
+        let v = self
+            .http
+            .get_json(&format!("{}/sessions", self.admin))
+            .await?;
+        let rows = v
+            .get("sessions")
+            .and_then(Value::as_array)
+            .context("/sessions has no sessions array")?;
         Ok(rows
             .iter()
             .filter_map(|r| {
                 let id = r.get("session_id")?.as_str()?.to_owned();
-                let state = r.get("state").and_then(Value::as_str).unwrap_or_default().to_owned();
+                let state = r
+                    .get("state")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
                 let n = r.get("recoveries").and_then(Value::as_u64).unwrap_or(0);
                 Some((id, (state, n)))
             })
@@ -498,11 +586,21 @@ impl Rig {
     }
 
     async fn recoveries(&self) -> anyhow::Result<HashMap<String, u64>> {
-        Ok(self.rows().await?.into_iter().map(|(id, (_, n))| (id, n)).collect())
+        Ok(self
+            .rows()
+            .await?
+            .into_iter()
+            .map(|(id, (_, n))| (id, n))
+            .collect())
     }
 
     async fn scrape(&self) -> anyhow::Result<Scrape> {
-        Ok(Scrape::parse(&self.http.get_text(&format!("{}/metrics", self.admin)).await?))
+        Ok(Scrape::parse(
+            &self
+                .http
+                .get_text(&format!("{}/metrics", self.admin))
+                .await?,
+        ))
     }
 
     /// Tether first (it tells both sides), then the app process, then the emulator.
@@ -530,7 +628,9 @@ fn check_live(t: &mut Tracked, got: &[u64], frames: &mut Frames) {
     };
     if max > t.verified_upto {
         let set: HashSet<u64> = unique.iter().copied().collect();
-        frames.lost_live += (t.verified_upto + 1..=max).filter(|s| !set.contains(s)).count() as u64;
+        frames.lost_live += (t.verified_upto + 1..=max)
+            .filter(|s| !set.contains(s))
+            .count() as u64;
         frames.checked += max - t.verified_upto;
         t.verified_upto = max;
     }
@@ -540,13 +640,23 @@ fn check_live(t: &mut Tracked, got: &[u64], frames: &mut Frames) {
 /// process recorded, in arrival order.
 fn seqs_by_session(stats: &Value) -> HashMap<String, Vec<u64>> {
     let mut out: HashMap<String, Vec<u64>> = HashMap::new();
-    let sessions = stats.get("sessions").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let sessions = stats
+        .get("sessions")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     for s in sessions {
         let Some(id) = s.get("session_id").and_then(Value::as_str) else {
             continue;
         };
-        let seqs = s.get("transcriptions").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-        out.entry(id.to_owned()).or_default().extend(seqs.iter().filter_map(Value::as_u64));
+        let seqs = s
+            .get("transcriptions")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        out.entry(id.to_owned())
+            .or_default()
+            .extend(seqs.iter().filter_map(Value::as_u64));
     }
     out
 }
@@ -596,14 +706,21 @@ impl AppProcess {
     async fn spawn(port: u16) -> anyhow::Result<(AppProcess, Instant, Instant)> {
         let exe = std::env::current_exe().context("locating the tether binary")?;
         let mut cmd = Command::new(exe);
-        cmd.args(["sim", "app", "--listen", &format!("127.0.0.1:{port}"), "--package-name", PACKAGE])
-            // The key goes by environment, not argv, where `ps` would show it.
-            .env("TETHER_API_KEY", BENCH_API_KEY)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
+        cmd.args([
+            "sim",
+            "app",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--package-name",
+            PACKAGE,
+        ])
+        // The key goes by environment, not argv, where `ps` would show it.
+        .env("TETHER_API_KEY", BENCH_API_KEY)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
         let t_spawn = Instant::now();
         let mut child = cmd.spawn().context("starting the app simulator")?;
         let stdout = child.stdout.take().context("app simulator stdout")?;
@@ -728,25 +845,35 @@ fn bucket_quantile(first: &[(f64, f64)], last: &[(f64, f64)], q: f64) -> Option<
     if total <= 0.0 {
         return None;
     }
-    deltas.iter().find(|(_, c)| *c >= q * total).map(|(le, _)| le * 1e3)
+    deltas
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map(|(le, _)| le * 1e3)
 }
 
-fn table(r: &Report, what: String) -> String {
+fn table(r: &Report) -> String {
+    let what = format!("{} sessions, {} cycles", r.sessions, r.cycles);
     let mut s = String::new();
     let mut line = |l: String| {
         s.push_str(&l);
         s.push('\n');
     };
     line(format!(
-        "tether bench recovery: {what}: SIGKILL, {} ms down, restart on the same port; transcriptions every {} ms; Tether probe {} ms; /sessions polled every {} ms",
-        r.down_ms, r.interval_ms, r.probe_ms, r.poll_ms
+        "tether bench recovery: {what}: SIGKILL, {} ms down (+ up to {} ms jitter), restart on the same port; transcriptions every {} ms; Tether probe {} ms; /sessions polled every {} ms",
+        r.down_ms, r.down_jitter_ms, r.interval_ms, r.probe_ms, r.poll_ms
     ));
-    line(format!("{:<34}{:>6}{:>9}{:>9}{:>9}{:>9}{:>9}", "(ms)", "n", "p50", "p95", "p99", "max", "mean"));
+    line(format!(
+        "{:<34}{:>6}{:>9}{:>9}{:>9}{:>9}{:>9}",
+        "(ms)", "n", "p50", "p95", "p99", "max", "mean"
+    ));
     for (name, x) in [
         ("app listening → replayed", &r.listen_to_replayed_ms),
         ("kill → all sessions replayed", &r.kill_to_all_replayed_ms),
         ("app spawn → listening", &r.spawn_to_listen_ms),
-        ("tether's own, per-cycle mean", &r.tether_recovery.per_cycle_mean_ms),
+        (
+            "tether's own, per-cycle mean",
+            &r.tether_recovery.per_cycle_mean_ms,
+        ),
     ] {
         line(format!(
             "{name:<34}{:>6}{:>9.1}{:>9.1}{:>9.1}{:>9.1}{:>9.1}",
@@ -776,7 +903,10 @@ fn table(r: &Report, what: String) -> String {
         "cloud emulator: app_disconnects {}, resurrections {}, frames dropped {}, inits {}, session webhooks {}; tether_frames_dropped_total {}",
         r.cloud.app_disconnects, r.cloud.resurrections, r.cloud.frames_dropped, r.cloud.inits, r.cloud.session_webhooks, r.tether_frames_dropped
     ));
-    line(format!("completed {}/{} cycles in {:.1} s", r.completed_cycles, r.cycles, r.runtime_s));
+    line(format!(
+        "completed {}/{} cycles in {:.1} s",
+        r.completed_cycles, r.cycles, r.runtime_s
+    ));
     if let Some(why) = &r.failure {
         line(format!("STOPPED EARLY: {why}"));
     }
@@ -807,9 +937,15 @@ mod tests {
 
     #[test]
     fn live_check_counts_gaps_and_duplicates() {
-        let mut t = Tracked { id: "s".into(), verified_upto: 2 };
+        let mut t = Tracked {
+            id: "s".into(),
+            verified_upto: 2,
+        };
         let mut f = Frames::default();
         check_live(&mut t, &[1, 2, 3, 5, 5, 6], &mut f);
-        assert_eq!((f.lost_live, f.duplicated, f.checked, t.verified_upto), (1, 1, 4, 6));
+        assert_eq!(
+            (f.lost_live, f.duplicated, f.checked, t.verified_upto),
+            (1, 1, 4, 6)
+        );
     }
 }

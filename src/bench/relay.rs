@@ -87,10 +87,26 @@ struct Kind {
 }
 
 const KINDS: [Kind; 4] = [
-    Kind { name: "down_text", down: true, binary: false },
-    Kind { name: "down_binary", down: true, binary: true },
-    Kind { name: "up_text", down: false, binary: false },
-    Kind { name: "up_binary", down: false, binary: true },
+    Kind {
+        name: "down_text",
+        down: true,
+        binary: false,
+    },
+    Kind {
+        name: "down_binary",
+        down: true,
+        binary: true,
+    },
+    Kind {
+        name: "up_text",
+        down: false,
+        binary: false,
+    },
+    Kind {
+        name: "up_binary",
+        down: false,
+        binary: true,
+    },
 ];
 
 /// Everything one run measured; serialised as the `--json` output.
@@ -161,12 +177,30 @@ struct Rig {
 /// # Errors
 /// A peer cannot start, a handshake or frame times out, or a bound is exceeded.
 pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.iterations >= 1 && args.iterations <= MAX_ITERATIONS, "--iterations must be 1..={MAX_ITERATIONS}");
-    anyhow::ensure!(args.warmup <= MAX_ITERATIONS, "--warmup must be at most {MAX_ITERATIONS}");
-    anyhow::ensure!(args.burst >= 1 && args.burst <= MAX_BURST, "--burst must be 1..={MAX_BURST}");
-    anyhow::ensure!((1..=100).contains(&args.burst_rounds), "--burst-rounds must be 1..=100");
-    anyhow::ensure!((1..=1 << 20).contains(&args.binary_bytes), "--binary-bytes must be 1..=1048576");
-    anyhow::ensure!(args.mem_sessions <= MAX_MEM_SESSIONS, "--mem-sessions must be at most {MAX_MEM_SESSIONS}");
+    anyhow::ensure!(
+        args.iterations >= 1 && args.iterations <= MAX_ITERATIONS,
+        "--iterations must be 1..={MAX_ITERATIONS}"
+    );
+    anyhow::ensure!(
+        args.warmup <= MAX_ITERATIONS,
+        "--warmup must be at most {MAX_ITERATIONS}"
+    );
+    anyhow::ensure!(
+        args.burst >= 1 && args.burst <= MAX_BURST,
+        "--burst must be 1..={MAX_BURST}"
+    );
+    anyhow::ensure!(
+        (1..=100).contains(&args.burst_rounds),
+        "--burst-rounds must be 1..=100"
+    );
+    anyhow::ensure!(
+        (1..=1 << 20).contains(&args.binary_bytes),
+        "--binary-bytes must be 1..=1048576"
+    );
+    anyhow::ensure!(
+        args.mem_sessions <= MAX_MEM_SESSIONS,
+        "--mem-sessions must be at most {MAX_MEM_SESSIONS}"
+    );
     let chunks = args.chunks.clamp(1, args.iterations);
     let started = Instant::now();
     let deadline = started + RUN_LIMIT;
@@ -218,9 +252,20 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
 
 type Measured = (Paths<Summary>, Vec<Throughput>, Option<Memory>);
 
-async fn measure(rig: &mut Rig, args: &RelayArgs, chunks: u32, deadline: Instant) -> anyhow::Result<Measured> {
-    let mut direct = rig.direct("bench@example.com-com.example.bench").await.context("direct session")?;
-    let mut tether = rig.via_tether("bench@example.com").await.context("session through Tether")?;
+async fn measure(
+    rig: &mut Rig,
+    args: &RelayArgs,
+    chunks: u32,
+    deadline: Instant,
+) -> anyhow::Result<Measured> {
+    let mut direct = rig
+        .direct("bench@example.com-com.example.bench")
+        .await
+        .context("direct session")?;
+    let mut tether = rig
+        .via_tether("bench@example.com")
+        .await
+        .context("session through Tether")?;
     let mut seq = 0u64;
 
     round_trips(&mut direct, args.warmup, &mut seq).await?;
@@ -244,7 +289,11 @@ async fn measure(rig: &mut Rig, args: &RelayArgs, chunks: u32, deadline: Instant
 
     let mut throughput = Vec::new();
     for kind in KINDS {
-        let size = if kind.binary { args.binary_bytes } else { echo::data_frame(0).len() };
+        let size = if kind.binary {
+            args.binary_bytes
+        } else {
+            echo::data_frame(0).len()
+        };
         let (mut d, mut t) = (Vec::new(), Vec::new());
         for r in 0..args.burst_rounds {
             check_deadline(deadline)?;
@@ -297,7 +346,10 @@ fn order(i: u32) -> [Path; 2] {
 }
 
 fn check_deadline(deadline: Instant) -> anyhow::Result<()> {
-    anyhow::ensure!(Instant::now() < deadline, "run exceeded {RUN_LIMIT:?}; stopping");
+    anyhow::ensure!(
+        Instant::now() < deadline,
+        "run exceeded {RUN_LIMIT:?}; stopping"
+    );
     Ok(())
 }
 
@@ -335,7 +387,11 @@ impl Rig {
         });
         let url = format!("http://{}/webhook", self.running.public);
         let (status, answer) = self.http.post_json(&url, &body).await?;
-        anyhow::ensure!(status == 200, "Tether answered the webhook with HTTP {status}: {}", String::from_utf8_lossy(&answer));
+        anyhow::ensure!(
+            status == 200,
+            "Tether answered the webhook with HTTP {status}: {}",
+            String::from_utf8_lossy(&answer)
+        );
         let forwarded = self.app.webhook_for(&session_id).await?;
         let local = forwarded
             .get("mentraOSWebsocketUrl")
@@ -366,7 +422,9 @@ impl Rig {
             return Ok(None);
         };
         for i in 0..n {
-            let ws = self.direct(&format!("mem-direct-{i}@example.com-{PACKAGE}")).await?;
+            let ws = self
+                .direct(&format!("mem-direct-{i}@example.com-{PACKAGE}"))
+                .await?;
             self.drain(ws);
         }
         settle().await;
@@ -374,7 +432,9 @@ impl Rig {
             return Ok(None);
         };
         for i in 0..n {
-            let ws = self.via_tether(&format!("mem-tether-{i}@example.com")).await?;
+            let ws = self
+                .via_tether(&format!("mem-tether-{i}@example.com"))
+                .await?;
             self.drain(ws);
         }
         settle().await;
@@ -418,10 +478,13 @@ fn vm_rss_kib() -> Option<u64> {
 
 /// Connects to `url`, sends an init and waits for the ack.
 async fn handshake(url: &str, session_id: &str) -> anyhow::Result<Ws> {
-    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async_with_config(url, None, true))
-        .await
-        .with_context(|| format!("connecting to {url} timed out"))?
-        .with_context(|| format!("connecting to {url}"))?;
+    let (mut ws, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async_with_config(url, None, true),
+    )
+    .await
+    .with_context(|| format!("connecting to {url} timed out"))?
+    .with_context(|| format!("connecting to {url}"))?;
     let init = json!({
         "type": "tpa_connection_init",
         "sessionId": session_id,
@@ -473,7 +536,8 @@ async fn round_trips(ws: &mut Ws, n: u32, seq: &mut u64) -> anyhow::Result<Vec<f
 /// Asks the peer for `n` frames and times their arrival; frames per second.
 async fn burst_down(ws: &mut Ws, n: u64, binary: bool, size: usize) -> anyhow::Result<f64> {
     let t0 = Instant::now();
-    ws.send(Message::text(echo::burst_request(n, binary, size))).await?;
+    ws.send(Message::text(echo::burst_request(n, binary, size)))
+        .await?;
     for got in 0..n {
         match next_data(ws).await? {
             Message::Binary(_) if binary => {}
@@ -509,7 +573,10 @@ async fn burst_up(ws: &mut Ws, n: u64, binary: bool, size: usize) -> anyhow::Res
         Message::Text(t) => echo::sink_count(t.as_str()),
         _ => None,
     };
-    anyhow::ensure!(counted == Some(n), "the peer counted {counted:?} of {n} frames sent up");
+    anyhow::ensure!(
+        counted == Some(n),
+        "the peer counted {counted:?} of {n} frames sent up"
+    );
     Ok(n as f64 / elapsed.as_secs_f64())
 }
 
@@ -523,19 +590,37 @@ fn table(r: &Report, args: &RelayArgs) -> String {
         "tether bench relay: {} round trips per path after {} warm-up, {} alternating chunks, {} B text frames",
         r.iterations, r.warmup, r.chunks, r.text_frame_bytes
     ));
-    line(format!("{:<18}{:>10}{:>10}{:>10}{:>10}{:>10}", "round trip (µs)", "p50", "p95", "p99", "max", "mean"));
-    for (name, x) in [("direct", &r.rtt_us.direct), ("via tether", &r.rtt_us.tether)] {
-        line(format!("{name:<18}{:>10.1}{:>10.1}{:>10.1}{:>10.1}{:>10.1}", x.p50, x.p95, x.p99, x.max, x.mean));
+    line(format!(
+        "{:<18}{:>10}{:>10}{:>10}{:>10}{:>10}",
+        "round trip (µs)", "p50", "p95", "p99", "max", "mean"
+    ));
+    for (name, x) in [
+        ("direct", &r.rtt_us.direct),
+        ("via tether", &r.rtt_us.tether),
+    ] {
+        line(format!(
+            "{name:<18}{:>10.1}{:>10.1}{:>10.1}{:>10.1}{:>10.1}",
+            x.p50, x.p95, x.p99, x.max, x.mean
+        ));
     }
-    line(format!("{:<18}{:>10.1}{:>10}{:>10.1}", "added", r.added_us.p50, "", r.added_us.p99));
-    line(format!("{:<18}{:>9.2}x{:>10}{:>9.2}x", "ratio", r.ratio.p50, "", r.ratio.p99));
+    line(format!(
+        "{:<18}{:>10.1}{:>10}{:>10.1}",
+        "added", r.added_us.p50, "", r.added_us.p99
+    ));
+    line(format!(
+        "{:<18}{:>9.2}x{:>10}{:>9.2}x",
+        "ratio", r.ratio.p50, "", r.ratio.p99
+    ));
     line(format!(
         "{:<26}{:>12}{:>12}{:>8}   (frames/s, median of {} bursts of {})",
         "throughput", "direct", "tether", "ratio", args.burst_rounds, args.burst
     ));
     for t in &r.throughput_fps {
         let name = format!("{} ({} B)", t.kind.replace('_', " "), t.frame_bytes);
-        line(format!("{name:<26}{:>12.0}{:>12.0}{:>7.2}x", t.direct, t.tether, t.ratio));
+        line(format!(
+            "{name:<26}{:>12.0}{:>12.0}{:>7.2}x",
+            t.direct, t.tether, t.ratio
+        ));
     }
     match &r.memory {
         Some(m) => line(format!(

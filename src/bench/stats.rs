@@ -71,7 +71,10 @@ mod tests {
     fn nearest_rank_percentiles() {
         let samples: Vec<f64> = (1..=100).map(f64::from).collect();
         let s = Summary::of(&samples);
-        assert_eq!((s.n, s.p50, s.p95, s.p99, s.max), (100, 50.0, 95.0, 99.0, 100.0));
+        assert_eq!(
+            (s.n, s.p50, s.p95, s.p99, s.max),
+            (100, 50.0, 95.0, 99.0, 100.0)
+        );
         assert!((s.mean - 50.5).abs() < 1e-9);
     }
 

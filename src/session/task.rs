@@ -568,12 +568,12 @@ fn from_app(m: Option<Result<Message, WsError>>) -> Option<Event> {
 }
 
 fn from_cloud(m: Option<Result<Message, WsError>>) -> Option<Event> {
-    classify(m, Direction::Down).and_then(|r| match r {
-        Read::Frame(frame) => Some(Event::CloudFrame(frame)),
-        Read::Pong(_) => Some(Event::CloudPong),
-        Read::Closed(c) => Some(Event::CloudClosed(c)),
-        Read::Lost => Some(Event::CloudLost),
-        Read::TooBig(d) => Some(Event::TooBig(d)),
+    classify(m, Direction::Down).map(|r| match r {
+        Read::Frame(frame) => Event::CloudFrame(frame),
+        Read::Pong(_) => Event::CloudPong,
+        Read::Closed(c) => Event::CloudClosed(c),
+        Read::Lost => Event::CloudLost,
+        Read::TooBig(d) => Event::TooBig(d),
     })
 }
 

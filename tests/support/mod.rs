@@ -61,7 +61,9 @@ impl Tether {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         let mut child = cmd.spawn().expect("start tether");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = oneshot::channel::<serde_json::Value>();
@@ -91,10 +93,16 @@ impl Tether {
         });
         let listening = match tokio::time::timeout(WAIT, rx).await {
             Ok(Ok(v)) => v,
-            _ => panic!("tether did not start; output:\n{}", logs.lock().expect("logs").join("\n")),
+            _ => panic!(
+                "tether did not start; output:\n{}",
+                logs.lock().expect("logs").join("\n")
+            ),
         };
         let addr = |k: &str| -> SocketAddr {
-            listening[k].as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no {k} in {listening}"))
+            listening[k]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no {k} in {listening}"))
         };
         Tether {
             public: addr("public"),
@@ -129,16 +137,24 @@ impl Tether {
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(mut self) -> std::process::ExitStatus {
         if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
         }
-        within("tether to exit", self.child.wait()).await.expect("wait")
+        within("tether to exit", self.child.wait())
+            .await
+            .expect("wait")
     }
 }
 
 /// Reads one sample from Prometheus text.
 pub fn metric_value(text: &str, sample: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
         .unwrap_or(0.0)
 }
 
@@ -156,7 +172,9 @@ pub struct FakeCloud {
 impl FakeCloud {
     /// Binds on 127.0.0.1:0.
     pub async fn bind() -> FakeCloud {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake cloud");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake cloud");
         let addr = listener.local_addr().expect("addr");
         FakeCloud { listener, addr }
     }
@@ -169,7 +187,9 @@ impl FakeCloud {
     /// Accepts the next WebSocket; returns the request path and the socket.
     #[allow(clippy::result_large_err)] // the handshake callback's error type is tungstenite's
     pub async fn accept(&self) -> (String, CloudWs) {
-        let (tcp, _) = within("a cloud connection", self.listener.accept()).await.expect("accept");
+        let (tcp, _) = within("a cloud connection", self.listener.accept())
+            .await
+            .expect("accept");
         let (tx, rx) = std::sync::mpsc::channel();
         let ws = tokio_tungstenite::accept_hdr_async(tcp, move |req: &Request, resp: Response| {
             let _ = tx.send(req.uri().to_string());
@@ -190,27 +210,41 @@ pub struct FakeApp {
 impl FakeApp {
     /// Starts on 127.0.0.1:0.
     pub async fn start() -> FakeApp {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake app");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake app");
         let addr = listener.local_addr().expect("addr");
         let (tx, webhooks) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let tx = tx.clone();
-                        async move {
-                            use http_body_util::BodyExt;
-                            let is_webhook = req.uri().path() == "/webhook";
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            if is_webhook {
-                                let _ = tx.send(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null));
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let tx = tx.clone();
+                            async move {
+                                use http_body_util::BodyExt;
+                                let is_webhook = req.uri().path() == "/webhook";
+                                let body = req
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                if is_webhook {
+                                    let _ = tx.send(
+                                        serde_json::from_slice(&body)
+                                            .unwrap_or(serde_json::Value::Null),
+                                    );
+                                }
+                                Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                    http_body_util::Full::new(bytes::Bytes::from_static(
+                                        br#"{"status":"success"}"#,
+                                    )),
+                                ))
                             }
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
-                                bytes::Bytes::from_static(br#"{"status":"success"}"#),
-                            )))
-                        }
-                    });
+                        },
+                    );
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
                         .await;
@@ -227,7 +261,9 @@ impl FakeApp {
 
     /// The next webhook body the app received.
     pub async fn webhook(&mut self) -> serde_json::Value {
-        within("a webhook at the app", self.webhooks.recv()).await.expect("webhook")
+        within("a webhook at the app", self.webhooks.recv())
+            .await
+            .expect("webhook")
     }
 }
 
@@ -262,7 +298,12 @@ pub struct Connected {
 }
 
 /// Drives one session through webhook, init and ack.
-pub async fn connect_session(tether: &Tether, cloud: &FakeCloud, app: &mut FakeApp, session_id: &str) -> Connected {
+pub async fn connect_session(
+    tether: &Tether,
+    cloud: &FakeCloud,
+    app: &mut FakeApp,
+    session_id: &str,
+) -> Connected {
     let resp = http::post_json(
         &format!("http://{}/webhook", tether.public),
         &session_request(session_id, cloud),
@@ -270,16 +311,32 @@ pub async fn connect_session(tether: &Tether, cloud: &FakeCloud, app: &mut FakeA
     .await;
     assert_eq!(resp.status, 200, "webhook answer: {}", resp.text());
     let webhook = app.webhook().await;
-    let url = webhook["mentraOSWebsocketUrl"].as_str().expect("url").to_string();
-    let (mut app_ws, _) = within("app connect", tokio_tungstenite::connect_async(url.as_str()))
+    let url = webhook["mentraOSWebsocketUrl"]
+        .as_str()
+        .expect("url")
+        .to_string();
+    let (mut app_ws, _) = within(
+        "app connect",
+        tokio_tungstenite::connect_async(url.as_str()),
+    )
+    .await
+    .expect("app ws connect");
+    app_ws
+        .send(Message::text(init_frame(session_id)))
         .await
-        .expect("app ws connect");
-    app_ws.send(Message::text(init_frame(session_id))).await.expect("send init");
+        .expect("send init");
     let (cloud_path, mut cloud_ws) = cloud.accept().await;
     let first = next_text(&mut cloud_ws).await;
-    assert_eq!(first, init_frame(session_id), "the cloud sees the init byte for byte");
+    assert_eq!(
+        first,
+        init_frame(session_id),
+        "the cloud sees the init byte for byte"
+    );
     let ack = serde_json::json!({"type":"tpa_connection_ack","sessionId":session_id,"settings":[],"mentraosSettings":{},"capabilities":null}).to_string();
-    cloud_ws.send(Message::text(ack.clone())).await.expect("send ack");
+    cloud_ws
+        .send(Message::text(ack.clone()))
+        .await
+        .expect("send ack");
     assert_eq!(next_text(&mut app_ws).await, ack);
     Connected {
         app_ws,
@@ -321,7 +378,9 @@ where
 {
     loop {
         match within("a close", ws.next()).await {
-            Some(Ok(Message::Close(cf))) => return cf.map(|c| (u16::from(c.code), c.reason.to_string())),
+            Some(Ok(Message::Close(cf))) => {
+                return cf.map(|c| (u16::from(c.code), c.reason.to_string()))
+            }
             Some(Ok(_)) => continue,
             other => panic!("socket ended without a close frame: {other:?}"),
         }
@@ -336,7 +395,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never happened: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -351,7 +413,11 @@ pub fn free_port() -> u16 {
 
 /// Writes `yaml` to a fresh temporary file and returns its path.
 pub fn config_file(yaml: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("tether-test-{}-{}", std::process::id(), rand::random::<u64>()));
+    let dir = std::env::temp_dir().join(format!(
+        "tether-test-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("tether.yaml");
     std::fs::write(&path, yaml).expect("write config");
@@ -368,13 +434,18 @@ impl Tether {
 
     /// `/sessions` rows.
     pub async fn sessions(&self) -> Vec<serde_json::Value> {
-        let v = http::get(&format!("http://{}/sessions", self.admin)).await.json();
+        let v = http::get(&format!("http://{}/sessions", self.admin))
+            .await
+            .json();
         v["sessions"].as_array().cloned().unwrap_or_default()
     }
 
     /// The `/sessions` row of `id`, if live.
     pub async fn session(&self, id: &str) -> Option<serde_json::Value> {
-        self.sessions().await.into_iter().find(|r| r["session_id"] == id)
+        self.sessions()
+            .await
+            .into_iter()
+            .find(|r| r["session_id"] == id)
     }
 
     /// Waits until session `id` is in `state`.
@@ -416,7 +487,14 @@ impl AppProc {
     /// (Re)starts the process on the same port and waits until it listens.
     pub async fn restart(&mut self) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
-        cmd.args(["sim", "app", "--listen", &format!("127.0.0.1:{}", self.port), "--package-name", PACKAGE]);
+        cmd.args([
+            "sim",
+            "app",
+            "--listen",
+            &format!("127.0.0.1:{}", self.port),
+            "--package-name",
+            PACKAGE,
+        ]);
         if !self.args.iter().any(|a| a == "--api-key") {
             cmd.args(["--api-key", API_KEY]);
         }
@@ -480,7 +558,10 @@ impl AppProc {
 
 /// A cloud emulator wired to `tether`'s public webhook, streaming transcriptions every
 /// `interval_ms` when given.
-pub async fn cloud_for(tether_public: SocketAddr, interval_ms: Option<u64>) -> tether::sim::cloud::CloudSim {
+pub async fn cloud_for(
+    tether_public: SocketAddr,
+    interval_ms: Option<u64>,
+) -> tether::sim::cloud::CloudSim {
     let cfg = tether::sim::cloud::CloudSimConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         webhook_url: Some(format!("http://{tether_public}/webhook")),
@@ -489,10 +570,95 @@ pub async fn cloud_for(tether_public: SocketAddr, interval_ms: Option<u64>) -> t
         transcription_interval_ms: interval_ms,
         ..Default::default()
     };
-    tether::sim::cloud::CloudSim::start(cfg).await.expect("start cloud emulator")
+    tether::sim::cloud::CloudSim::start(cfg)
+        .await
+        .expect("start cloud emulator")
 }
 
 /// The session id the cloud gives `user`.
 pub fn sid(user: &str) -> String {
     format!("{user}-{PACKAGE}")
+}
+
+impl Tether {
+    /// Sends `sig` (`"TERM"`, `"INT"`, ...) to the process and returns at once.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid();
+        assert!(pid != 0, "tether has already exited");
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} {pid} failed");
+    }
+
+    /// Waits for the process to exit, failing after `limit`; the logs stay readable.
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => status.expect("wait"),
+            Err(_) => panic!("tether did not exit within {limit:?}"),
+        }
+    }
+}
+
+/// Runs `tether <args>` with only `env` set, to completion within [`WAIT`].
+pub async fn run_tether(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+    cmd.args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    within(&format!("tether {}", args.join(" ")), cmd.output())
+        .await
+        .expect("run tether")
+}
+
+/// The status code of GET `url`, or the connection error (refused, reset) as text.
+pub async fn try_get_status(url: &str) -> Result<u16, String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{e}"))?;
+    let authority = uri.authority().expect("authority").to_string();
+    let attempt = async {
+        let tcp = TcpStream::connect(&authority)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
+            .header("host", &authority)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        Ok(resp.status().as_u16())
+    };
+    within(&format!("GET {url}"), attempt).await
+}
+
+/// Whether a TCP connection to `addr` is refused (nothing listening).
+pub async fn refused(addr: SocketAddr) -> bool {
+    matches!(
+        within("a connect attempt", TcpStream::connect(addr)).await,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
+}
+
+impl Tether {
+    /// Whether the process has exited (without waiting).
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl FakeApp {
+    /// A webhook the app received, if any is waiting.
+    pub fn try_webhook(&mut self) -> Option<serde_json::Value> {
+        self.webhooks.try_recv().ok()
+    }
 }
