@@ -96,7 +96,8 @@ fn displays(cloud: &tether::sim::cloud::CloudSim, id: &str) -> Vec<u64> {
         .received(id)
         .into_iter()
         .filter_map(|f| match f {
-            ReceivedFrame::Json { value, .. } if value["type"] == "display_event" => value["layout"]["text"]
+            ReceivedFrame::Json { value, .. } if value["type"] == "display_event" => value
+                ["layout"]["text"]
                 .as_str()
                 .and_then(|t| t.strip_prefix("seen "))
                 .and_then(|n| n.parse().ok()),
@@ -112,16 +113,32 @@ async fn every_transcription_arrives_in_order_and_every_display_reaches_the_clou
     let cloud = cloud_for(tether.public, Some(20)).await;
     let user = "sdk1@example.com";
     let id = sid(user);
-    assert_eq!(cloud.start_session(user).await.expect("start"), StartOutcome::Running);
-    eventually("100 transcriptions at the app", || async { app.transcriptions(&id).await.len() >= 100 }).await;
+    assert_eq!(
+        cloud.start_session(user).await.expect("start"),
+        StartOutcome::Running
+    );
+    eventually("100 transcriptions at the app", || async {
+        app.transcriptions(&id).await.len() >= 100
+    })
+    .await;
     let got = app.transcriptions(&id).await;
     let first = got[0];
-    assert_eq!(got, (first..first + got.len() as u64).collect::<Vec<_>>(), "every event, in order");
+    assert_eq!(
+        got,
+        (first..first + got.len() as u64).collect::<Vec<_>>(),
+        "every event, in order"
+    );
     let last = *got.last().expect("frames");
-    eventually("the displays to reach the cloud", || async { displays(&cloud, &id).contains(&last) }).await;
+    eventually("the displays to reach the cloud", || async {
+        displays(&cloud, &id).contains(&last)
+    })
+    .await;
     let shown = displays(&cloud, &id);
     let upto: Vec<u64> = shown.iter().copied().take_while(|n| *n <= last).collect();
-    assert_eq!(upto, got, "one display per transcription, in order, at the cloud");
+    assert_eq!(
+        upto, got,
+        "one display per transcription, in order, at the cloud"
+    );
     let stats = cloud.stats(&id).expect("stats");
     assert_eq!(stats.frames_dropped, 0);
     assert_eq!(stats.inits, 1);
@@ -135,8 +152,14 @@ async fn a_killed_sdk_app_restarted_two_seconds_later_misses_nothing() {
     let cloud = cloud_for(tether.public, Some(20)).await;
     let user = "sdk2@example.com";
     let id = sid(user);
-    assert_eq!(cloud.start_session(user).await.expect("start"), StartOutcome::Running);
-    eventually("the stream to flow", || async { app.transcriptions(&id).await.len() >= 20 }).await;
+    assert_eq!(
+        cloud.start_session(user).await.expect("start"),
+        StartOutcome::Running
+    );
+    eventually("the stream to flow", || async {
+        app.transcriptions(&id).await.len() >= 20
+    })
+    .await;
 
     app.kill().await;
     let kill_seq = cloud.stats(&id).expect("stats").last_transcription_seq;
@@ -144,18 +167,83 @@ async fn a_killed_sdk_app_restarted_two_seconds_later_misses_nothing() {
     app.restart().await;
     let target = kill_seq + 150;
     eventually("the stream to go on after the restart", || async {
-        app.transcriptions(&id).await.last().is_some_and(|s| *s >= target)
+        app.transcriptions(&id)
+            .await
+            .last()
+            .is_some_and(|s| *s >= target)
     })
     .await;
 
     let got = app.transcriptions(&id).await;
-    assert!(got.windows(2).all(|w| w[0] < w[1]), "in order, no duplicates: {got:?}");
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "in order, no duplicates: {got:?}"
+    );
     let after_kill: Vec<u64> = got.iter().copied().filter(|s| *s > kill_seq).collect();
     let last = *got.last().expect("frames");
-    assert_eq!(after_kill, (kill_seq + 1..=last).collect::<Vec<_>>(), "nothing sent after the kill is lost");
+    assert_eq!(
+        after_kill,
+        (kill_seq + 1..=last).collect::<Vec<_>>(),
+        "nothing sent after the kill is lost"
+    );
     let stats = cloud.stats(&id).expect("stats");
     assert_eq!(stats.app_disconnects, 0, "the cloud never saw the app go");
     assert_eq!(stats.resurrections, 0);
-    assert_eq!(stats.session_webhooks, 1, "no webhook from the cloud was needed");
+    assert_eq!(
+        stats.session_webhooks, 1,
+        "no webhook from the cloud was needed"
+    );
+    cloud.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dropped_cloud_link_is_invisible_to_the_sdk_app() {
+    let app = SdkApp::start().await;
+    let tether = Tether::spawn(&[("TETHER_APP_URL", app.url())]).await;
+    let cloud = cloud_for(tether.public, Some(20)).await;
+    let user = "sdk3@example.com";
+    let id = sid(user);
+    assert_eq!(
+        cloud.start_session(user).await.expect("start"),
+        StartOutcome::Running
+    );
+    eventually("the stream to flow", || async {
+        app.transcriptions(&id).await.len() >= 20
+    })
+    .await;
+
+    cloud.drop_socket(&id).await.expect("drop");
+    eventually("Tether to re-init", || async {
+        cloud.stats(&id).is_some_and(|s| s.inits == 2)
+    })
+    .await;
+    let healed = cloud.stats(&id).expect("stats").last_transcription_seq;
+    eventually("the stream to go on", || async {
+        app.transcriptions(&id)
+            .await
+            .last()
+            .is_some_and(|s| *s >= healed + 20)
+    })
+    .await;
+
+    let got = app.transcriptions(&id).await;
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "in order, no duplicates"
+    );
+    let missing = got.last().copied().unwrap_or(0) - got[0] + 1 - got.len() as u64;
+    let stats = cloud.stats(&id).expect("stats");
+    assert_eq!(
+        missing, stats.frames_dropped,
+        "only the cloud's own drops are missing"
+    );
+    assert_eq!(stats.resurrections, 0);
+    let received = http::get(&format!("{}/received", app.url())).await.json();
+    let rec = &received["sessions"][id.as_str()];
+    assert_eq!(
+        rec["starts"], 1,
+        "onSession ran once: the SDK never reconnected"
+    );
+    assert_eq!(rec["stops"], serde_json::json!([]), "onStop never ran");
     cloud.shutdown().await;
 }
