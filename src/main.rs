@@ -15,7 +15,11 @@ use tether::config::{Config, LogFormat};
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser, Debug)]
-#[command(name = "tether", version, about = "Keeps MentraOS app sessions alive across app restarts and cloud link faults")]
+#[command(
+    name = "tether",
+    version,
+    about = "Keeps MentraOS app sessions alive across app restarts and cloud link faults"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,8 +60,14 @@ enum SimCommand {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
-    let n: u64 = num.parse().map_err(|_| format!("expected a duration like 20s or 500ms, got {s:?}"))?;
+    let (num, unit) = s.trim().split_at(
+        s.trim()
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.trim().len()),
+    );
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration like 20s or 500ms, got {s:?}"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
@@ -72,9 +82,16 @@ fn init_tracing(level: &str, format: LogFormat) {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
     if json {
-        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
     } else {
         builder.init();
     }
@@ -104,7 +121,10 @@ fn main() -> ExitCode {
         }
         Command::Demo(args) => runtime(tether::demo::run(args)),
         Command::Bench(cmd) => runtime(tether::bench::run(cmd)),
-        Command::Run { config, shutdown_grace } => {
+        Command::Run {
+            config,
+            shutdown_grace,
+        } => {
             let cfg = match Config::load(config.as_deref()) {
                 Ok(cfg) => cfg,
                 Err(e) => {
@@ -119,7 +139,10 @@ fn main() -> ExitCode {
 }
 
 fn runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -153,7 +176,10 @@ async fn signal() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             let _ = tokio::signal::ctrl_c().await;
             return "SIGINT";
         };

@@ -24,7 +24,9 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// A complete body from bytes.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
 }
 
 /// A streamed body relayed from a peer.
@@ -37,14 +39,19 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let text = serde_json::to_vec(value).unwrap_or_default();
     let mut resp = Response::new(full(text));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
 /// A JSON error in the shape the SDK's own server uses: `{"status":"error","message":..}`.
 pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
-    json(status, &serde_json::json!({"status": "error", "message": message}))
+    json(
+        status,
+        &serde_json::json!({"status": "error", "message": message}),
+    )
 }
 
 /// A plain-text response.
@@ -60,8 +67,13 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 
 /// Accepts connections on `listener` and serves each with `handler` until `cancel` fires;
 /// then stops accepting and gives open requests up to `drain` to finish.
-pub async fn serve<H, F>(listener: TcpListener, handler: H, cancel: CancellationToken, tracker: TaskTracker, drain: Duration)
-where
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    handler: H,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    drain: Duration,
+) where
     H: Fn(Request<Incoming>, std::net::SocketAddr) -> F + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
@@ -97,7 +109,10 @@ where
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(?drain, "HTTP connections still open after the drain period");
     }
 }
@@ -141,7 +156,10 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
         .get_all(hyper::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
     connection_upgrade && req.headers().contains_key(hyper::header::UPGRADE)
 }
 

@@ -32,7 +32,10 @@ async fn public_routes_reach_the_app_with_method_path_query_headers_and_body() {
     assert_eq!(v["path"], "/echo/a/b");
     assert_eq!(v["query"], "x=1&y=two%20words");
     assert_eq!(v["headers"]["cookie"], "aos_session=u|1|sig");
-    assert_eq!(v["headers"]["authorization"], "Bearer alice@example.com:abc");
+    assert_eq!(
+        v["headers"]["authorization"],
+        "Bearer alice@example.com:abc"
+    );
     assert_eq!(v["headers"]["x-app-api-key"], "5e4d");
     assert_eq!(v["headers"]["x-forwarded-for"], "127.0.0.1");
     assert_eq!(v["body_len"], 5);
@@ -44,7 +47,12 @@ async fn a_ten_megabyte_multipart_upload_passes_whole() {
     let tether = Tether::spawn(&[("TETHER_APP_URL", app.url())]).await;
     let boundary = "tetherboundary7d1f";
     let mut body = Vec::with_capacity(10 * 1024 * 1024 + 512);
-    body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"requestId\"\r\n\r\nreq-42\r\n").as_bytes());
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"requestId\"\r\n\r\nreq-42\r\n"
+        )
+        .as_bytes(),
+    );
     body.extend_from_slice(
         format!("--{boundary}\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"p.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n")
             .as_bytes(),
@@ -70,14 +78,23 @@ async fn a_websocket_upgrade_on_a_public_route_is_relayed() {
     let app = AppProc::start(&[]).await;
     let tether = Tether::spawn(&[("TETHER_APP_URL", app.url())]).await;
     let url = format!("ws://{}/ws-echo", tether.public);
-    let (mut ws, resp) = within("upgrade", tokio_tungstenite::connect_async(url.as_str())).await.expect("connect");
+    let (mut ws, resp) = within("upgrade", tokio_tungstenite::connect_async(url.as_str()))
+        .await
+        .expect("connect");
     assert_eq!(resp.status(), 101);
     ws.send(Message::text("ping me")).await.expect("send");
     assert_eq!(next_text(&mut ws).await, "ping me");
-    ws.send(Message::binary(vec![1u8, 2, 3])).await.expect("send");
+    ws.send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .expect("send");
     assert_eq!(next_msg(&mut ws).await, Message::binary(vec![1u8, 2, 3]));
     ws.close(None).await.expect("close");
-    assert_eq!(tether.metric(r#"tether_proxy_requests_total{route="upgrade",code="1xx"}"#).await, 1.0);
+    assert_eq!(
+        tether
+            .metric(r#"tether_proxy_requests_total{route="upgrade",code="1xx"}"#)
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -87,20 +104,38 @@ async fn the_sdks_cloud_calls_reach_the_sessions_cloud() {
     let cloud = cloud_for(tether.public, None).await;
     let user = "ann@example.com";
     let id = sid(user);
-    assert_eq!(cloud.start_session(user).await.expect("start"), StartOutcome::Running);
-    let local_url = app.session(&id).await.expect("session")["ws_url"].as_str().expect("ws url").to_string();
+    assert_eq!(
+        cloud.start_session(user).await.expect("start"),
+        StartOutcome::Running
+    );
+    let local_url = app.session(&id).await.expect("session")["ws_url"]
+        .as_str()
+        .expect("ws url")
+        .to_string();
     // Simple storage: the SDK swaps the ws scheme for http and keeps the path prefix (§3).
-    let base = local_url.replacen("ws://", "http://", 1).trim_end_matches("/app-ws").to_string();
+    let base = local_url
+        .replacen("ws://", "http://", 1)
+        .trim_end_matches("/app-ws")
+        .to_string();
     let auth = format!("Bearer {PACKAGE}:{API_KEY}");
     let put = http::request(
         "PUT",
         &format!("{base}/api/sdk/simple-storage/{user}/color"),
-        &[("authorization", &auth), ("content-type", "application/json")],
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
         Bytes::from_static(br#"{"value":"teal"}"#),
     )
     .await;
     assert_eq!(put.status, 200, "{}", put.text());
-    let get = http::request("GET", &format!("{base}/api/sdk/simple-storage/{user}/color"), &[("authorization", &auth)], Bytes::new()).await;
+    let get = http::request(
+        "GET",
+        &format!("{base}/api/sdk/simple-storage/{user}/color"),
+        &[("authorization", &auth)],
+        Bytes::new(),
+    )
+    .await;
     assert_eq!(get.json()["data"]["value"], "teal");
     // Settings: the SDK keeps only the host and names the session in the bearer token.
     let host_only = format!("http://{}", tether.local);
@@ -124,16 +159,23 @@ async fn speak_urls_built_on_the_local_base_reach_the_phone_as_cloud_urls() {
     let cloud = cloud_for(tether.public, None).await;
     let user = "bo@example.com";
     let id = sid(user);
-    assert_eq!(cloud.start_session(user).await.expect("start"), StartOutcome::Running);
-    let local_url = app.session(&id).await.expect("session")["ws_url"].as_str().expect("ws url").to_string();
+    assert_eq!(
+        cloud.start_session(user).await.expect("start"),
+        StartOutcome::Running
+    );
+    let local_url = app.session(&id).await.expect("session")["ws_url"]
+        .as_str()
+        .expect("ws url")
+        .to_string();
     // What speak() builds: forced https, the ws URL minus its scheme and /app-ws (§3).
-    let tts = format!("https://{}/api/tts?text=hi", local_url.trim_start_matches("ws://").trim_end_matches("/app-ws"));
+    let tts = format!(
+        "https://{}/api/tts?text=hi",
+        local_url
+            .trim_start_matches("ws://")
+            .trim_end_matches("/app-ws")
+    );
     let frame = serde_json::json!({"type":"audio_play_request","requestId":"r1","audioUrl":tts,"packageName":PACKAGE});
-    let r = http::post_json(
-        &format!("{}/sim/sessions/{}/raw", app.url(), id),
-        &frame,
-    )
-    .await;
+    let r = http::post_json(&format!("{}/sim/sessions/{}/raw", app.url(), id), &frame).await;
     assert!(r.status < 300, "{}", r.text());
     eventually("the request at the cloud", || async {
         cloud.received(&id).iter().any(|f| matches!(f, ReceivedFrame::Json { value, .. } if value["type"] == "audio_play_request"))
@@ -143,11 +185,16 @@ async fn speak_urls_built_on_the_local_base_reach_the_phone_as_cloud_urls() {
         .received(&id)
         .into_iter()
         .find_map(|f| match f {
-            ReceivedFrame::Json { value, .. } if value["type"] == "audio_play_request" => Some(value),
+            ReceivedFrame::Json { value, .. } if value["type"] == "audio_play_request" => {
+                Some(value)
+            }
             _ => None,
         })
         .expect("frame");
-    assert_eq!(got["audioUrl"], format!("http://{}/api/tts?text=hi", cloud.addr()));
+    assert_eq!(
+        got["audioUrl"],
+        format!("http://{}/api/tts?text=hi", cloud.addr())
+    );
     assert_eq!(got["requestId"], "r1");
     cloud.shutdown().await;
 }
@@ -162,7 +209,9 @@ async fn a_wrong_api_key_reaches_the_app_as_the_clouds_error_and_1008() {
     let outcome = cloud.start_session(user).await.expect("start");
     assert_ne!(outcome, StartOutcome::Running);
     eventually("the app to record the refusal", || async {
-        app.session(&id).await.is_some_and(|s| s["closes"].as_array().is_some_and(|c| !c.is_empty()))
+        app.session(&id)
+            .await
+            .is_some_and(|s| s["closes"].as_array().is_some_and(|c| !c.is_empty()))
     })
     .await;
     let s = app.session(&id).await.expect("session");
@@ -176,6 +225,8 @@ async fn a_wrong_api_key_reaches_the_app_as_the_clouds_error_and_1008() {
 async fn an_upgrade_on_an_unknown_local_path_is_refused() {
     let tether = Tether::spawn(&[]).await;
     let url = format!("ws://{}/c/00000000/app-ws", tether.local);
-    let err = tokio_tungstenite::connect_async(url.as_str()).await.expect_err("unknown cloud id");
+    let err = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect_err("unknown cloud id");
     assert!(err.to_string().contains("502"), "{err}");
 }

@@ -54,7 +54,9 @@ impl AppHealth {
 
     /// A session stopped holding.
     pub fn release(&self) {
-        let _ = self.held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        let _ = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
     /// Asks for an immediate probe (a webhook found the app unreachable).
@@ -93,8 +95,14 @@ async fn probe(shared: &Shared) -> bool {
         shared.config.app.url.as_str().trim_end_matches('/'),
         shared.config.app.health_path
     );
-    let Ok(req) = Request::get(url).body(full("")) else { return false };
-    let timeout = shared.config.session.probe_interval.max(Duration::from_millis(500));
+    let Ok(req) = Request::get(url).body(full("")) else {
+        return false;
+    };
+    let timeout = shared
+        .config
+        .session
+        .probe_interval
+        .max(Duration::from_millis(500));
     match tokio::time::timeout(timeout, shared.app_client.request(req)).await {
         Ok(Ok(resp)) => resp.status().as_u16() < 500,
         _ => false,

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use hyper::header::{
+    HeaderValue, AUTHORIZATION, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE,
+};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -20,8 +22,8 @@ use crate::runtime::Shared;
 use crate::serve::{is_upgrade, json_error, relay, strip_hop_headers, Body};
 use crate::session::machine::{Frame, UrlMap};
 use crate::session::task::{self, AppSocket, Command, Spawn};
-use tokio::sync::mpsc;
 use crate::upstream::{clouds, connect, http};
+use tokio::sync::mpsc;
 
 /// WebSocket paths of the app endpoint across cloud eras (PROTOCOL §4).
 pub const APP_WS_PATHS: &[&str] = &["/app-ws", "/tpa-ws", "/ws/miniapp"];
@@ -54,9 +56,16 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
 /// the configured cloud.
 fn resolve(shared: &Shared, req: &Request<Incoming>) -> Result<Target, String> {
     let path = req.uri().path();
-    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
     if let Some((id, rest)) = clouds::split_local_path(path) {
-        let origin = shared.clouds.get(id).ok_or_else(|| format!("unknown cloud id {id:?}"))?;
+        let origin = shared
+            .clouds
+            .get(id)
+            .ok_or_else(|| format!("unknown cloud id {id:?}"))?;
         return Ok(Target {
             origin,
             cloud_id: Some(id.to_string()),
@@ -98,9 +107,18 @@ async fn forward(shared: &Shared, req: Request<Incoming>, target: &Target) -> Re
     };
     let mut req = req.map(relay);
     strip_hop_headers(req.headers_mut(), false);
-    match http::forward(req, &url, shared.tls.clone(), shared.config.cloud.http_timeout).await {
+    match http::forward(
+        req,
+        &url,
+        shared.tls.clone(),
+        shared.config.cloud.http_timeout,
+    )
+    .await
+    {
         Ok(resp) => {
-            shared.metrics.proxy_request("cloud_http", resp.status().as_u16());
+            shared
+                .metrics
+                .proxy_request("cloud_http", resp.status().as_u16());
             let (mut parts, body) = resp.into_parts();
             strip_hop_headers(&mut parts.headers, false);
             Response::from_parts(parts, relay(body))
@@ -120,7 +138,10 @@ fn accept(shared: Arc<Shared>, mut req: Request<Incoming>, target: Target) -> Re
     };
     let accept_key = derive_accept_key(key.as_bytes());
     let upgrade = hyper::upgrade::on(&mut req);
-    let cfg = connect::ws_config(shared.config.limits.max_frame_bytes, shared.config.limits.ws_read_buffer_bytes);
+    let cfg = connect::ws_config(
+        shared.config.limits.max_frame_bytes,
+        shared.config.limits.ws_read_buffer_bytes,
+    );
     let tracker = shared.tracker.clone();
     tracker.spawn(async move {
         let upgraded = match upgrade.await {
@@ -130,7 +151,8 @@ fn accept(shared: Arc<Shared>, mut req: Request<Incoming>, target: Target) -> Re
                 return;
             }
         };
-        let sock = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
+        let sock =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
         on_app_socket(shared, sock, target).await;
     });
     let mut resp = Response::new(crate::serve::full(""));
@@ -155,11 +177,21 @@ async fn on_app_socket(shared: Arc<Shared>, mut sock: AppSocket, target: Target)
     let text = match first {
         Ok(Some(Ok(Message::Text(t)))) => t,
         Ok(Some(Ok(_))) => {
-            task::reject(sock, "MALFORMED_MESSAGE", "expected tpa_connection_init as the first frame").await;
+            task::reject(
+                sock,
+                "MALFORMED_MESSAGE",
+                "expected tpa_connection_init as the first frame",
+            )
+            .await;
             return;
         }
         Err(_) => {
-            task::reject(sock, "MALFORMED_MESSAGE", "no tpa_connection_init within the init timeout").await;
+            task::reject(
+                sock,
+                "MALFORMED_MESSAGE",
+                "no tpa_connection_init within the init timeout",
+            )
+            .await;
             return;
         }
         Ok(_) => return,
@@ -179,7 +211,11 @@ async fn on_app_socket(shared: Arc<Shared>, mut sock: AppSocket, target: Target)
     // A session Tether is holding (or relaying) takes the new socket: the app restarted or
     // its SDK reconnected, and the task answers the init from its cache.
     let sock = match shared.sessions.get(&session_id) {
-        Some(handle) => match handle.mailbox.send(Command::Attach(Box::new(sock), init.clone())).await {
+        Some(handle) => match handle
+            .mailbox
+            .send(Command::Attach(Box::new(sock), init.clone()))
+            .await
+        {
             Ok(()) => return,
             Err(mpsc::error::SendError(Command::Attach(sock, _))) => *sock,
             Err(_) => return,

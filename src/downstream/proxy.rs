@@ -23,7 +23,11 @@ pub enum AppError {
 
 /// Sends `req` to the app at the same path and query; returns its response head (the body
 /// streams). `peer` is added to `X-Forwarded-For`.
-pub async fn send_to_app(shared: &Shared, mut req: Request<Body>, peer: Option<SocketAddr>) -> Result<Response<Body>, AppError> {
+pub async fn send_to_app(
+    shared: &Shared,
+    mut req: Request<Body>,
+    peer: Option<SocketAddr>,
+) -> Result<Response<Body>, AppError> {
     let base = shared.config.app.url.as_str().trim_end_matches('/');
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let target = format!("{base}{pq}");
@@ -31,7 +35,11 @@ pub async fn send_to_app(shared: &Shared, mut req: Request<Body>, peer: Option<S
     let upgrade = is_upgrade(&req);
     strip_hop_headers(req.headers_mut(), upgrade);
     if let Some(peer) = peer {
-        let forwarded = match req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let forwarded = match req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(prev) => format!("{prev}, {}", peer.ip()),
             None => peer.ip().to_string(),
         };
@@ -41,12 +49,19 @@ pub async fn send_to_app(shared: &Shared, mut req: Request<Body>, peer: Option<S
     }
     let resp = shared.app_client.request(req).await?;
     let (mut parts, body) = resp.into_parts();
-    strip_hop_headers(&mut parts.headers, parts.status == StatusCode::SWITCHING_PROTOCOLS);
+    strip_hop_headers(
+        &mut parts.headers,
+        parts.status == StatusCode::SWITCHING_PROTOCOLS,
+    );
     Ok(Response::from_parts(parts, relay(body)))
 }
 
 /// Proxies one public request to the app, upgrades included.
-pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let req = req.map(relay);
@@ -60,7 +75,8 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>, peer: Socke
         }
     };
     shared.metrics.proxy_request(route, resp.status().as_u16());
-    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status()) {
+    if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status())
+    {
         let app_upgrade = hyper::upgrade::on(&mut resp);
         let cancel = shared.cancel.clone();
         shared.tracker.spawn(async move {

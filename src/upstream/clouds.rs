@@ -39,7 +39,8 @@ impl CloudTable {
 
     /// Records the origin of `ws_url` and returns its id.
     pub fn register(&self, ws_url: &Url) -> Result<String, CloudError> {
-        let origin = origin_of(ws_url).ok_or_else(|| CloudError::NotWebSocket(ws_url.to_string()))?;
+        let origin =
+            origin_of(ws_url).ok_or_else(|| CloudError::NotWebSocket(ws_url.to_string()))?;
         let id = id_of(&origin);
         let mut table = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
         if !table.contains_key(&id) {
@@ -53,7 +54,11 @@ impl CloudTable {
 
     /// The origin recorded under `id`.
     pub fn get(&self, id: &str) -> Option<Url> {
-        self.by_id.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+        self.by_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
     }
 
     /// Number of known clouds.
@@ -104,7 +109,11 @@ pub fn split_local_path(path: &str) -> Option<(&str, &str)> {
 pub fn join(origin: &Url, path_and_query: &str, http: bool) -> Option<Url> {
     let mut url = origin.join(path_and_query.trim_start_matches('/')).ok()?;
     if http {
-        let scheme = if origin.scheme() == "wss" { "https" } else { "http" };
+        let scheme = if origin.scheme() == "wss" {
+            "https"
+        } else {
+            "http"
+        };
         // `set_scheme` refuses ws->http changes on special schemes; rebuild the text instead.
         let text = url.as_str().replacen(origin.scheme(), scheme, 1);
         url = Url::parse(&text).ok()?;
@@ -125,11 +134,16 @@ mod tests {
         let t = CloudTable::new(4);
         let a = t.register(&url("wss://api.example.net/app-ws")).expect("a");
         let b = t.register(&url("wss://api.example.net/tpa-ws")).expect("b");
-        let c = t.register(&url("ws://api.example.net:8002/app-ws")).expect("c");
+        let c = t
+            .register(&url("ws://api.example.net:8002/app-ws"))
+            .expect("c");
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(a.len(), 8);
-        assert_eq!(t.get(&a).map(|u| u.to_string()), Some("wss://api.example.net/".into()));
+        assert_eq!(
+            t.get(&a).map(|u| u.to_string()),
+            Some("wss://api.example.net/".into())
+        );
         assert_eq!(t.len(), 2);
     }
 
@@ -143,11 +157,17 @@ mod tests {
 
     #[test]
     fn local_paths_split_and_join() {
-        assert_eq!(split_local_path("/c/ab12cd34/app-ws"), Some(("ab12cd34", "/app-ws")));
+        assert_eq!(
+            split_local_path("/c/ab12cd34/app-ws"),
+            Some(("ab12cd34", "/app-ws"))
+        );
         assert_eq!(split_local_path("/c/ab12cd34"), Some(("ab12cd34", "/")));
         assert_eq!(split_local_path("/app-ws"), None);
         let o = url("wss://api.example.net/");
-        assert_eq!(join(&o, "/app-ws", false).map(String::from), Some("wss://api.example.net/app-ws".into()));
+        assert_eq!(
+            join(&o, "/app-ws", false).map(String::from),
+            Some("wss://api.example.net/app-ws".into())
+        );
         assert_eq!(
             join(&o, "/api/tts?text=hi%20there", true).map(String::from),
             Some("https://api.example.net/api/tts?text=hi%20there".into())

@@ -62,7 +62,12 @@ pub async fn dial(
     timeout: Duration,
 ) -> Result<CloudSocket, DialError> {
     let connector = tokio_tungstenite::Connector::Rustls(tls);
-    let attempt = tokio_tungstenite::connect_async_tls_with_config(url.as_str(), Some(config), true, Some(connector));
+    let attempt = tokio_tungstenite::connect_async_tls_with_config(
+        url.as_str(),
+        Some(config),
+        true,
+        Some(connector),
+    );
     match tokio::time::timeout(timeout, attempt).await {
         Err(_) => Err(DialError::Timeout {
             url: url.to_string(),

@@ -45,7 +45,10 @@ pub async fn forward(
     timeout: Duration,
 ) -> Result<Response<Incoming>, ForwardError> {
     let url = target.to_string();
-    let host = target.host_str().ok_or_else(|| ForwardError::NoHost { url: url.clone() })?.to_string();
+    let host = target
+        .host_str()
+        .ok_or_else(|| ForwardError::NoHost { url: url.clone() })?
+        .to_string();
     let port = target.port_or_known_default().unwrap_or(80);
     let path = match target.query() {
         Some(q) => format!("{}?{q}", target.path()),
@@ -65,7 +68,10 @@ pub async fn forward(
     let exchange = async {
         let tcp = TcpStream::connect((host.as_str(), port))
             .await
-            .map_err(|source| ForwardError::Io { url: url.clone(), source })?;
+            .map_err(|source| ForwardError::Io {
+                url: url.clone(),
+                source,
+            })?;
         let _ = tcp.set_nodelay(true);
         if https {
             let name = ServerName::try_from(host.clone()).map_err(|e| ForwardError::Io {
@@ -75,7 +81,10 @@ pub async fn forward(
             let tls = tokio_rustls::TlsConnector::from(tls)
                 .connect(name, tcp)
                 .await
-                .map_err(|source| ForwardError::Io { url: url.clone(), source })?;
+                .map_err(|source| ForwardError::Io {
+                    url: url.clone(),
+                    source,
+                })?;
             send(TokioIo::new(tls), req, &url).await
         } else {
             send(TokioIo::new(tcp), req, &url).await
@@ -83,7 +92,10 @@ pub async fn forward(
     };
     tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| ForwardError::Timeout { url: url.clone(), after: timeout })?
+        .map_err(|_| ForwardError::Timeout {
+            url: url.clone(),
+            after: timeout,
+        })?
 }
 
 async fn send<IO>(io: IO, req: Request<Body>, url: &str) -> Result<Response<Incoming>, ForwardError>
@@ -92,7 +104,10 @@ where
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await
-        .map_err(|source| ForwardError::Http { url: url.to_string(), source })?;
+        .map_err(|source| ForwardError::Http {
+            url: url.to_string(),
+            source,
+        })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "cloud HTTP connection ended with an error");
@@ -101,5 +116,8 @@ where
     sender
         .send_request(req)
         .await
-        .map_err(|source| ForwardError::Http { url: url.to_string(), source })
+        .map_err(|source| ForwardError::Http {
+            url: url.to_string(),
+            source,
+        })
 }

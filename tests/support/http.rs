@@ -29,7 +29,9 @@ pub async fn request(method: &str, url: &str, headers: &[(&str, &str)], body: By
     let uri: hyper::Uri = url.parse().expect("uri");
     let authority = uri.authority().expect("authority").to_string();
     let tcp = TcpStream::connect(&authority).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("handshake");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
     tokio::spawn(conn);
     let mut req = hyper::Request::builder()
         .method(method)
@@ -39,11 +41,20 @@ pub async fn request(method: &str, url: &str, headers: &[(&str, &str)], body: By
         req = req.header(*k, *v);
     }
     let req = req.body(Full::new(body)).expect("request");
-    let resp = super::within("an HTTP response", sender.send_request(req)).await.expect("response");
+    let resp = super::within("an HTTP response", sender.send_request(req))
+        .await
+        .expect("response");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = super::within("an HTTP body", resp.into_body().collect()).await.expect("body").to_bytes();
-    Resp { status, headers, body }
+    let body = super::within("an HTTP body", resp.into_body().collect())
+        .await
+        .expect("body")
+        .to_bytes();
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// GET `url`.
