@@ -38,6 +38,14 @@ pub type AppSocket = WebSocketStream<TokioIo<Upgraded>>;
 /// How long a closing socket may take to answer our close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
+/// A peer that takes longer than this to take a write is treated as gone: a session must
+/// never wedge on one stalled socket.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Frames read in one go from a socket that has more ready, before their writes are
+/// flushed together (one flush per batch instead of per frame).
+const READ_BATCH: usize = 64;
+
 /// Commands from outside the task.
 pub enum Command {
     /// A new app socket sent this init for the session.
@@ -66,9 +74,9 @@ pub struct Spawn {
 
 /// The machine's settings from the configuration.
 pub fn settings(shared: &Shared) -> Settings {
-    let s = &shared.config.session;
-    let b = &shared.config.buffer;
-    let c = &shared.config.cloud;
+    let s = &shared.config().session;
+    let b = &shared.config().buffer;
+    let c = &shared.config().cloud;
     Settings {
         up_buffer: Limits {
             max_frames: b.up_max_frames,
@@ -127,6 +135,8 @@ pub fn spawn(shared: &Arc<Shared>, s: Spawn) -> SessionHandle {
         mailbox: handle.mailbox.clone(),
         health: shared.health.subscribe(),
         dial_generation: 0,
+        app_dirty: false,
+        cloud_dirty: false,
     };
     let span = tracing::info_span!("session", session_id = %s.session_id);
     let (init, urls) = (s.init, s.urls);
@@ -159,6 +169,9 @@ struct Driver {
     health: watch::Receiver<bool>,
     /// Counts dials, so the result of a superseded one is ignored.
     dial_generation: u64,
+    /// Frames were fed to a socket and await a flush.
+    app_dirty: bool,
+    cloud_dirty: bool,
 }
 
 impl Driver {
@@ -182,6 +195,11 @@ impl Driver {
             while let Some(action) = work.pop_front() {
                 if let Some(ev) = self.perform(action).await {
                     work.extend(session.handle(ev, Instant::now()));
+                }
+                if work.is_empty() {
+                    if let Some(ev) = self.flush().await {
+                        work.extend(session.handle(ev, Instant::now()));
+                    }
                 }
             }
             if let Some(sock) = self.pending_app.take() {
@@ -245,8 +263,16 @@ impl Driver {
                 },
                 () = &mut timer => Event::Tick,
             };
+            let from_socket = matches!(
+                ev,
+                Event::AppFrame(_) | Event::AppPong(_) | Event::CloudFrame(_) | Event::CloudPong
+            );
+            let from_app = matches!(ev, Event::AppFrame(_) | Event::AppPong(_));
             self.note(&ev);
             work.extend(session.handle(ev, Instant::now()));
+            if from_socket {
+                self.read_more(from_app, &mut session, &mut work);
+            }
         }
         self.publish(phase, "ended");
         self.shared.metrics.session_state(Some("ended"), None);
@@ -279,16 +305,22 @@ impl Driver {
 
     fn report_buffer(&self, session: &Session) {
         let (frames, bytes, oldest) = session.buffered(Instant::now());
+
         self.info
             .buffered_frames
             .store(frames as u64, Ordering::Relaxed);
         self.info
             .buffered_bytes
             .store(bytes as u64, Ordering::Relaxed);
-        let oldest_ms = oldest.map_or(0, |d| d.as_millis() as u64);
-        self.info
-            .oldest_buffered_ms
-            .store(oldest_ms, Ordering::Relaxed);
+        // Stored as a point in time, so readers compute a current age between wake-ups.
+        let now = Instant::now();
+        let at = oldest.map_or(0, |age| {
+            (now.saturating_duration_since(self.info.started)
+                .saturating_sub(age))
+            .as_millis() as u64
+                + 1
+        });
+        self.info.oldest_buffered_at.store(at, Ordering::Relaxed);
     }
 
     /// Performs one action; an I/O failure comes back as the event it amounts to.
@@ -301,21 +333,13 @@ impl Driver {
             Action::PingCloud => {
                 // A masked client frame with an empty payload is 6 bytes on the wire.
                 self.shared.metrics.heartbeat_bytes(Direction::Up, 6);
-                let sock = self.cloud.as_mut()?;
-                sock.send(Message::Ping(Bytes::new()))
-                    .await
-                    .err()
-                    .map(|_| Event::CloudLost)
+                self.send_cloud(Message::Ping(Bytes::new())).await
             }
             Action::BeatCloud(frame) => {
                 self.shared
                     .metrics
                     .heartbeat_bytes(Direction::Up, frame.len() + 6);
-                let sock = self.cloud.as_mut()?;
-                sock.send(to_message(frame))
-                    .await
-                    .err()
-                    .map(|_| Event::CloudLost)
+                self.send_cloud(to_message(frame)).await
             }
             Action::CloudLinkLost { cause } => {
                 self.shared.metrics.cloud_disconnect(cause);
@@ -338,11 +362,7 @@ impl Driver {
             Action::SendCloud(frame, kind) => {
                 self.shared.metrics.frame(Direction::Up, kind, frame.len());
                 self.info.frames_up.fetch_add(1, Ordering::Relaxed);
-                let sock = self.cloud.as_mut()?;
-                sock.send(to_message(frame)).await.err().map(|e| {
-                    tracing::debug!(hop = "cloud", error = %e, "write failed");
-                    Event::CloudLost
-                })
+                self.send_cloud(to_message(frame)).await
             }
             Action::SendApp(frame, kind) => {
                 self.shared
@@ -412,12 +432,80 @@ impl Driver {
         }
     }
 
+    /// Takes the frames a socket already has ready (without waiting) into the machine, so
+    /// their writes go out as one batch.
+    fn read_more(&mut self, app: bool, session: &mut Session, work: &mut VecDeque<Action>) {
+        use futures_util::FutureExt;
+        for _ in 0..READ_BATCH {
+            let ev = if app {
+                match next(&mut self.app).now_or_never() {
+                    Some(m) => from_app(m),
+                    None => return,
+                }
+            } else {
+                match next(&mut self.cloud).now_or_never() {
+                    Some(m) => from_cloud(m),
+                    None => return,
+                }
+            };
+            let Some(ev) = ev else { continue };
+            let last = !matches!(
+                ev,
+                Event::AppFrame(_) | Event::AppPong(_) | Event::CloudFrame(_) | Event::CloudPong
+            );
+            self.note(&ev);
+            work.extend(session.handle(ev, Instant::now()));
+            if last {
+                return;
+            }
+        }
+    }
+
     async fn send_app(&mut self, msg: Message) -> Option<Event> {
         let sock = self.app.as_mut()?;
-        sock.send(msg).await.err().map(|e| {
-            tracing::debug!(hop = "app", error = %e, "write failed");
-            Event::AppLost
-        })
+        self.app_dirty = true;
+        write(sock, msg, &self.cancel, "app")
+            .await
+            .err()
+            .map(|lost| match lost {
+                Lost::Cancelled => Event::Shutdown,
+                Lost::Failed => Event::AppLost,
+            })
+    }
+
+    async fn send_cloud(&mut self, msg: Message) -> Option<Event> {
+        let sock = self.cloud.as_mut()?;
+        self.cloud_dirty = true;
+        write(sock, msg, &self.cancel, "cloud")
+            .await
+            .err()
+            .map(|lost| match lost {
+                Lost::Cancelled => Event::Shutdown,
+                Lost::Failed => Event::CloudLost,
+            })
+    }
+
+    /// Flushes what the last batch fed to each socket.
+    async fn flush(&mut self) -> Option<Event> {
+        if std::mem::take(&mut self.app_dirty) {
+            if let Some(sock) = self.app.as_mut() {
+                match flush(sock, &self.cancel, "app").await {
+                    Err(Lost::Cancelled) => return Some(Event::Shutdown),
+                    Err(Lost::Failed) => return Some(Event::AppLost),
+                    Ok(()) => {}
+                }
+            }
+        }
+        if std::mem::take(&mut self.cloud_dirty) {
+            if let Some(sock) = self.cloud.as_mut() {
+                match flush(sock, &self.cancel, "cloud").await {
+                    Err(Lost::Cancelled) => return Some(Event::Shutdown),
+                    Err(Lost::Failed) => return Some(Event::CloudLost),
+                    Ok(()) => {}
+                }
+            }
+        }
+        None
     }
 
     /// Re-sends the session's webhook to the app in the background; the answer comes back
@@ -485,7 +573,7 @@ impl Driver {
         let mailbox = self.mailbox.clone();
         let cancel = self.cancel.clone();
         self.shared.tracker.spawn(async move {
-            let cfg = &shared.config;
+            let cfg = shared.config();
             let ws =
                 connect::ws_config(cfg.limits.max_frame_bytes, cfg.limits.ws_read_buffer_bytes);
             let attempt = connect::dial(&url, shared.tls.clone(), ws, cfg.cloud.connect_timeout);
@@ -511,7 +599,7 @@ pub async fn post_webhook(shared: &Shared, body: Bytes) -> bool {
         .body(full(body));
     let Ok(req) = req else { return false };
     let send = crate::downstream::proxy::send_to_app(shared, req, None);
-    match tokio::time::timeout(shared.config.app.webhook_timeout, send).await {
+    match tokio::time::timeout(shared.config().app.webhook_timeout, send).await {
         Ok(Ok(resp)) => resp.status().is_success(),
         _ => false,
     }
@@ -550,7 +638,8 @@ fn classify(m: Option<Result<Message, WsError>>, dir: Direction) -> Option<Read>
         }))),
         Some(Err(WsError::Capacity(_))) => Some(Read::TooBig(dir)),
         Some(Err(e)) => {
-            tracing::debug!(direction = dir.label(), error = %e, "socket failed");
+            let hop = if dir == Direction::Up { "app" } else { "cloud" };
+            tracing::debug!(hop, error = %e, "socket failed");
             Some(Read::Lost)
         }
         None => Some(Read::Lost),
@@ -577,6 +666,59 @@ fn from_cloud(m: Option<Result<Message, WsError>>) -> Option<Event> {
     })
 }
 
+/// Why a write did not complete.
+enum Lost {
+    /// The session is shutting down.
+    Cancelled,
+    /// The peer failed or stalled past [`WRITE_TIMEOUT`].
+    Failed,
+}
+
+/// Queues one message on a socket (sent at the next flush, or sooner when the write
+/// buffer fills), giving up on a stalled peer and on shutdown.
+async fn write<S>(
+    sock: &mut WebSocketStream<S>,
+    msg: Message,
+    cancel: &CancellationToken,
+    hop: &'static str,
+) -> Result<(), Lost>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    bounded(sock.feed(msg), cancel, hop).await
+}
+
+async fn flush<S>(
+    sock: &mut WebSocketStream<S>,
+    cancel: &CancellationToken,
+    hop: &'static str,
+) -> Result<(), Lost>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    bounded(sock.flush(), cancel, hop).await
+}
+
+async fn bounded<F>(io: F, cancel: &CancellationToken, hop: &'static str) -> Result<(), Lost>
+where
+    F: std::future::Future<Output = Result<(), WsError>>,
+{
+    tokio::select! {
+        () = cancel.cancelled() => Err(Lost::Cancelled),
+        r = tokio::time::timeout(WRITE_TIMEOUT, io) => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!(hop, error = %e, "write failed");
+                Err(Lost::Failed)
+            }
+            Err(_) => {
+                tracing::warn!(hop, after = ?WRITE_TIMEOUT, "peer stopped taking writes");
+                Err(Lost::Failed)
+            }
+        },
+    }
+}
+
 fn to_message(frame: Frame) -> Message {
     match frame {
         Frame::Text(t) => Message::Text(t),
@@ -588,24 +730,32 @@ fn to_message(frame: Frame) -> Message {
 /// the peer's answer, so the peer reads our code and reason rather than a reset.
 async fn linger_close<S>(mut sock: WebSocketStream<S>, close: Option<Close>, hop: &'static str)
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let frame = close.map(|c| CloseFrame {
         code: CloseCode::from(c.code),
         reason: c.reason.into(),
     });
-    if let Err(e) = sock.close(frame).await {
-        tracing::debug!(hop, error = %e, "close failed");
-        return;
+    match tokio::time::timeout(CLOSE_LINGER, sock.close(frame)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(hop, error = %e, "close failed");
+            return;
+        }
+        Err(_) => return,
     }
-    let drain = async { while let Some(Ok(_)) = sock.next().await {} };
-    let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+    // Waiting for the peer's answer happens aside, so the session (and a shutdown) need
+    // not wait for a slow peer; the socket is dropped after at most CLOSE_LINGER.
+    tokio::spawn(async move {
+        let drain = async { while let Some(Ok(_)) = sock.next().await {} };
+        let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+    });
 }
 
 /// Refuses an app socket the way the cloud does: `tpa_connection_error`, then close 1008.
 pub async fn reject<S>(mut sock: WebSocketStream<S>, code: &str, message: &str)
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let frame = ConnectionError::frame(code, message, now_iso8601());
     let _ = sock.send(Message::Text(frame.into())).await;

@@ -49,7 +49,6 @@ impl DialError {
 pub fn ws_config(max_frame_bytes: usize, read_buffer_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(read_buffer_bytes)
-        .write_buffer_size(0)
         .max_message_size(Some(max_frame_bytes))
         .max_frame_size(Some(max_frame_bytes))
 }
