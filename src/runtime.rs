@@ -1,7 +1,9 @@
 //! Wiring: binds the three listeners, builds the state they share, and runs until cancelled.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +25,10 @@ use crate::upstream::clouds::CloudTable;
 
 /// State shared by the listeners and session tasks.
 pub struct Shared {
-    pub config: Arc<Config>,
+    /// The configuration in force; swapped whole by a reload. Read it through [`Shared::config`].
+    config: ArcSwap<Config>,
+    /// Bumped by every applied reload, so sessions pick up new limits.
+    pub config_generation: AtomicU64,
     pub metrics: Metrics,
     pub clouds: CloudTable,
     pub sessions: Registry,
@@ -43,6 +48,19 @@ pub struct Shared {
     pub refire_slots: tokio::sync::Semaphore,
     /// Registration with the cloud.
     pub registration: crate::registry::Status,
+}
+
+impl Shared {
+    /// The configuration in force. Take it once per decision: a reload may swap it.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Installs a validated configuration (a reload); sessions apply it at their next event.
+    pub fn set_config(&self, config: Config) {
+        self.config.store(Arc::new(config));
+        self.config_generation.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Why Tether could not start.
@@ -65,6 +83,8 @@ pub struct Running {
     pub local: SocketAddr,
     pub admin: SocketAddr,
     pub shared: Arc<Shared>,
+    admin_cancel: CancellationToken,
+    admin_tracker: TaskTracker,
 }
 
 /// How long open HTTP requests may run on after shutdown starts.
@@ -102,8 +122,11 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
     connector.set_connect_timeout(Some(config.app.connect_timeout));
     connector.set_nodelay(true);
     let app_client = Client::builder(TokioExecutor::new()).build(connector);
+    let registration = crate::registry::Status::default();
+    let mut metrics = Metrics::new();
+    registration.register_metrics(metrics.registry_mut());
     let shared = Arc::new(Shared {
-        metrics: Metrics::new(),
+        metrics,
         clouds: CloudTable::new(config.limits.max_clouds),
         sessions: Registry::default(),
         tls: crate::upstream::tls_config()?,
@@ -115,18 +138,26 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         health: AppHealth::default(),
         buffers: GlobalBytes::new(config.buffer.global_max_bytes),
         refire_slots: tokio::sync::Semaphore::new(config.session.refire_concurrency),
-        registration: crate::registry::Status::default(),
-        config: Arc::new(config),
+        registration,
+        config: ArcSwap::from_pointee(config),
+        config_generation: AtomicU64::new(0),
     });
     shared
         .tracker
         .spawn(crate::downstream::health::run(shared.clone()));
+    if shared.config().registration.enabled {
+        shared.tracker.spawn(crate::registry::run(shared.clone()));
+    }
     let addr_of = |l: &TcpListener| l.local_addr().ok();
+    let admin_cancel = CancellationToken::new();
+    let admin_tracker = TaskTracker::new();
     let running = Running {
-        public: addr_of(&public).unwrap_or(shared.config.listen.public),
+        public: addr_of(&public).unwrap_or(shared.config().listen.public),
         local: local_addr,
-        admin: addr_of(&admin).unwrap_or(shared.config.listen.admin),
+        admin: addr_of(&admin).unwrap_or(shared.config().listen.admin),
         shared: shared.clone(),
+        admin_cancel: admin_cancel.clone(),
+        admin_tracker: admin_tracker.clone(),
     };
     let s = shared.clone();
     spawn_listener(&shared, public, move |req, peer| {
@@ -143,13 +174,19 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
     spawn_listener(&shared, local, move |req, _| {
         crate::downstream::listener::handle(s.clone(), req)
     });
+    // The admin listener outlives the drain: /readyz answers 503 while sessions close,
+    // and /metrics stays scrapeable until the end.
     let s = shared.clone();
-    spawn_listener(&shared, admin, move |req, _| {
-        crate::admin::server::handle(s.clone(), req)
-    });
+    admin_tracker.spawn(serve::serve(
+        admin,
+        move |req, _| crate::admin::server::handle(s.clone(), req),
+        admin_cancel.clone(),
+        admin_tracker.clone(),
+        HTTP_DRAIN,
+    ));
     tracing::info!(
         public = %running.public, local = %running.local, admin = %running.admin,
-        app = %shared.config.app.url, "tether listening"
+        app = %shared.config().app.url, "tether listening"
     );
     Ok(running)
 }
@@ -178,5 +215,8 @@ impl Running {
         {
             tracing::warn!(?grace, "shutdown grace ran out with tasks still running");
         }
+        self.admin_cancel.cancel();
+        self.admin_tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.admin_tracker.wait()).await;
     }
 }

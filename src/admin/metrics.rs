@@ -431,6 +431,11 @@ impl Metrics {
         self.heartbeat_bytes[dir_index(dir)].inc_by(n as u64);
     }
 
+    /// The registry, for metrics other modules own (registration).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// The exposition text (OpenMetrics).
     pub fn encode(&self) -> String {
         let mut out = String::new();

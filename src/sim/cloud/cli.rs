@@ -61,6 +61,9 @@ pub struct CloudSimArgs {
     /// Largest app -> cloud message; bigger ones get close 1009.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub max_frame_bytes: usize,
+    /// Answer 404 on /api/tpa/* like the production cloud (no registration API).
+    #[arg(long)]
+    pub no_registration_api: bool,
 }
 
 impl From<CloudSimArgs> for CloudSimConfig {
@@ -84,6 +87,7 @@ impl From<CloudSimArgs> for CloudSimConfig {
             webhook_attempts: a.webhook_attempts,
             webhook_retry_pause_ms: a.webhook_retry_pause_ms,
             max_frame_bytes: a.max_frame_bytes,
+            registration_api: !a.no_registration_api,
         }
     }
 }

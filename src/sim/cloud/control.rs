@@ -1,5 +1,6 @@
 //! The JSON control API under `/control`: drive sessions (start, stop, end, push data,
-//! inject frames, fault the socket) and read stats, received frames and HTTP hit counts.
+//! inject frames, fault the socket), fault the registry (`POST /control/registration`), and
+//! read stats, received frames, HTTP hit counts and the registry (`GET /control/registry`).
 //! Session and user ids may appear raw or percent-encoded in paths. Unknown session or
 //! user -> 404, bad body -> 400, no open socket -> 409; never a panic.
 
@@ -12,7 +13,7 @@ use serde_json::{json, Value};
 use super::engine::{Engine, Stream, MAX_PUSH};
 use super::server::{self, Resp};
 use super::session::SocketCmd;
-use super::{CloudSimError, RawFrame};
+use super::{CloudSimError, RawFrame, RegistrationMode};
 
 /// Largest `binary_len` a raw injection may ask for.
 const MAX_RAW_BINARY: u64 = 64 * 1024 * 1024;
@@ -37,6 +38,13 @@ pub(crate) async fn handle(engine: &Arc<Engine>, req: Request<Incoming>) -> Resp
             Err(e) => failure(&e),
         },
         (&Method::GET, ["http-hits"]) => to_json(&engine.http_hits()),
+        (&Method::GET, ["registry"]) => to_json(&engine.registry_stats()),
+        (&Method::POST, ["registration"]) => match server::read_json(body).await {
+            Ok(body) => done(registration_mode(&body).map(|(mode, times)| {
+                engine.set_registration_mode(mode, times);
+            })),
+            Err(resp) => resp,
+        },
         (&Method::POST, ["sessions"]) => match server::read_json(body).await {
             Ok(body) => start(engine, &body).await,
             Err(resp) => resp,
@@ -55,7 +63,8 @@ fn describe(engine: &Engine) -> Value {
            "wsUrl": format!("ws://{}{}", engine.addr, engine.app_ws_path()),
            "packageName": engine.cfg.package_name,
            "ackStyle": engine.cfg.ack_style,
-           "urlStyle": engine.cfg.url_style})
+           "urlStyle": engine.cfg.url_style,
+           "registrationApi": engine.cfg.registration_api})
 }
 
 /// `POST /control/sessions {"userId": ..}` -> `{"sessionId": .., "outcome": ..}`.
@@ -113,6 +122,25 @@ fn raw_frame(body: &Value) -> Result<RawFrame, CloudSimError> {
         .and_then(|n| usize::try_from(n).ok())
         .map(|n| RawFrame::Binary(vec![0; n]))
         .ok_or_else(|| invalid("body must be {\"text\": \"..\"} or {\"binary_len\": n <= 64 MiB}"))
+}
+
+/// `{"mode": "ok"|"not_found"|"error"|"hang", "times": n?}`.
+fn registration_mode(body: &Value) -> Result<(RegistrationMode, Option<u32>), CloudSimError> {
+    let usage = "body must be {\"mode\": \"ok\"|\"not_found\"|\"error\"|\"hang\", \"times\": n?}";
+    let mode = body
+        .get("mode")
+        .cloned()
+        .and_then(|m| serde_json::from_value::<RegistrationMode>(m).ok())
+        .ok_or_else(|| invalid(usage))?;
+    let times = match body.get("times") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| invalid(usage))?,
+        ),
+    };
+    Ok((mode, times))
 }
 
 /// `{"code": n, "reason": ".."}`; the reason defaults to empty.
@@ -174,6 +202,16 @@ mod tests {
         );
         assert!(raw_frame(&json!({"binary_len": "2"})).is_err());
         assert_eq!(close_args(&json!({"code": 4000})).ok(), Some((4000, "")));
+        assert_eq!(
+            registration_mode(&json!({"mode": "not_found"})).ok(),
+            Some((RegistrationMode::NotFound, None))
+        );
+        assert_eq!(
+            registration_mode(&json!({"mode": "error", "times": 3})).ok(),
+            Some((RegistrationMode::Error, Some(3)))
+        );
+        assert!(registration_mode(&json!({"mode": "sometimes"})).is_err());
+        assert!(registration_mode(&json!({"mode": "hang", "times": -1})).is_err());
         assert!(close_args(&json!({"code": 70000})).is_err());
     }
 }

@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::registration::RegistrationState;
 use super::session::{Registry, Session, SessionStats, SocketCmd, SocketRef};
 use super::webhook::WebhookClient;
 use super::{server, CloudSimConfig, CloudSimError, RawFrame, ReceivedFrame, UrlStyle};
@@ -44,6 +45,10 @@ pub(crate) struct Engine {
     /// In-memory simple storage (§3): user id -> key -> value.
     pub storage: Mutex<HashMap<String, BTreeMap<String, Value>>>,
     registry: Mutex<Registry>,
+    /// The app-server registry (`registration`); locked after `registry`, never around it.
+    pub(crate) registration: Mutex<RegistrationState>,
+    /// When the emulator started; registration attempts are timed from here.
+    pub(crate) started: tokio::time::Instant,
     hits: Mutex<BTreeMap<String, u64>>,
     next_socket: AtomicU64,
 }
@@ -83,6 +88,8 @@ impl Engine {
             webhook,
             storage: Mutex::default(),
             registry: Mutex::default(),
+            registration: Mutex::default(),
+            started: tokio::time::Instant::now(),
             hits: Mutex::default(),
             next_socket: AtomicU64::new(1),
         });

@@ -55,7 +55,10 @@ impl Engine {
     }
 
     /// Marks the session CONNECTING, then spawns the webhook and the start timer (§2.1).
-    fn begin_start(self: &Arc<Self>, session: &mut Session) -> (u64, watch::Receiver<StartSignal>) {
+    pub(crate) fn begin_start(
+        self: &Arc<Self>,
+        session: &mut Session,
+    ) -> (u64, watch::Receiver<StartSignal>) {
         let epoch = session.start.borrow().epoch + 1;
         session.start.send_replace(StartSignal {
             epoch,
@@ -102,6 +105,7 @@ impl Engine {
             if s.start.borrow().epoch == epoch {
                 if s.state == AppState::Connecting {
                     s.state = AppState::Stopped;
+                    s.lost = true;
                 }
                 s.resolve_start(StartOutcome::Timeout);
             }
@@ -137,6 +141,7 @@ impl Engine {
         let _ = self.with_session(&session_id, |s| {
             if s.start.borrow().epoch == epoch && s.state == AppState::Connecting {
                 s.state = AppState::Stopped;
+                s.lost = true;
                 s.resolve_start(StartOutcome::WebhookFailed {
                     status: last_status,
                 });
@@ -179,6 +184,8 @@ impl Engine {
                 s.state = AppState::Stopping;
                 s.grace_epoch += 1;
             }
+            // A deliberate stop is not a loss: no recovery webhook for it.
+            s.lost = false;
             stoppable
         })?;
         if stoppable {
@@ -217,6 +224,7 @@ impl Engine {
         for session in reg.of_user(user_id) {
             session.send_stopped("User session ended");
             session.state = AppState::Ended;
+            session.lost = false;
             session.grace_epoch += 1;
             session.resolve_start(StartOutcome::Timeout);
         }
@@ -249,6 +257,7 @@ impl Engine {
                 } else {
                     AppState::Stopped
                 };
+                s.lost = !resurrect;
                 s.stats.resurrections += u32::from(resurrect);
             }
             expired

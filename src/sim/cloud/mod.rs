@@ -3,7 +3,8 @@
 //!
 //! It owns: the app websocket endpoints (`/app-ws`, `/tpa-ws`, `/ws/miniapp`), the
 //! `session_request`/`stop_request` webhooks it POSTs to the app, the cloud HTTP routes the
-//! SDK calls (`/api/*`, `/appsettings/*`), and the `/control/*` JSON API. Behaviour follows
+//! SDK calls (`/api/*`, `/appsettings/*`), the seed design's app-server registry
+//! (`/api/tpa/register`, `/api/tpa/sessions`, recovery webhooks), and the `/control/*` JSON API. Behaviour follows
 //! `PROTOCOL.md` (cited by section), including the hazards Tether must avoid (§10.5).
 //!
 //! It must not panic on anything a peer sends, and every task it spawns ends on
@@ -11,7 +12,8 @@
 //!
 //! Module map: `session` state and counters · `engine` shared state and operations ·
 //! `lifecycle` start/stop/grace/resurrection · `ws` app sockets · `webhook` HTTP to the app ·
-//! `server` listener and dispatch · `api` cloud HTTP routes · `control` control API ·
+//! `server` listener and dispatch · `api` cloud HTTP routes · `registration` app-server
+//! registry and recovery · `control` control API ·
 //! `subscriptions`, `wire` pure helpers · `cli` the `cloud-sim` command.
 
 use std::net::SocketAddr;
@@ -27,6 +29,7 @@ mod control;
 mod engine;
 mod inbound;
 mod lifecycle;
+mod registration;
 mod server;
 mod session;
 mod subscriptions;
@@ -35,6 +38,7 @@ mod wire;
 mod ws;
 
 pub use cli::{run_cli, CloudSimArgs};
+pub use registration::{RegisteredServer, RegistrationAttempt, RegistrationMode, RegistryStats};
 pub use session::SessionStats;
 
 use engine::Engine;
@@ -111,6 +115,9 @@ pub struct CloudSimConfig {
     pub webhook_retry_pause_ms: u64,
     /// Largest app -> cloud message; bigger ones are closed with 1009.
     pub max_frame_bytes: usize,
+    /// Whether the seed design's registry (`/api/tpa/register`, `/api/tpa/sessions`) is
+    /// mounted; off = 404 like the production cloud (§12).
+    pub registration_api: bool,
 }
 
 /// Result of a `startApp` (§2.1, §10.1).
@@ -199,6 +206,7 @@ impl Default for CloudSimConfig {
             webhook_attempts: 2,
             webhook_retry_pause_ms: 1_000,
             max_frame_bytes: 16 * 1024 * 1024,
+            registration_api: true,
         }
     }
 }
@@ -335,6 +343,18 @@ impl CloudSim {
     /// `simple_storage`, `permissions`, `sdk_version`, `not_found`).
     pub fn http_hits(&self) -> std::collections::BTreeMap<String, u64> {
         self.engine.http_hits()
+    }
+
+    /// How the next registrations are answered: `times` answers in `mode`, then `ok` again
+    /// (`None` = until changed). Tests use it to fault the registry.
+    pub fn set_registration_mode(&self, mode: RegistrationMode, times: Option<u32>) {
+        self.engine.set_registration_mode(mode, times);
+    }
+
+    /// The registry: registered servers, restarts, attempts (with their times), recovery
+    /// counters.
+    pub fn registry_stats(&self) -> RegistryStats {
+        self.engine.registry_stats()
     }
 
     /// Cancels every task (listener, sockets, webhooks, timers) and waits for them to end.

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::engine::Engine;
-use super::{api, control, ws};
+use super::{api, control, registration, ws};
 
 /// Largest request body the control API and cloud routes read.
 const MAX_BODY_BYTES: usize = 1 << 20;
@@ -63,6 +63,9 @@ async fn route(engine: &Arc<Engine>, req: Request<Incoming>) -> Resp {
     }
     if path == "/control" || path.starts_with("/control/") {
         return control::handle(engine, req).await;
+    }
+    if registration::claims(engine, &req) {
+        return registration::handle(engine, req).await;
     }
     api::handle(engine, req).await
 }

@@ -84,6 +84,11 @@ pub struct SessionStats {
     pub pings_sent: u64,
     /// WebSocket pongs received on any socket of the session.
     pub pongs_received: u64,
+    /// `session_request` webhooks re-sent because an app server registered (the seed
+    /// design's recovery workflow).
+    pub recovery_attempts: u32,
+    /// Recovery webhooks followed by a valid init.
+    pub recovery_successes: u32,
 }
 
 /// Where a start attempt stands; published on the session's watch channel.
@@ -128,6 +133,11 @@ pub(crate) struct Session {
     /// Bumped whenever a pending grace timer must be ignored.
     pub grace_epoch: u64,
     pub start: watch::Sender<StartSignal>,
+    /// The app became unreachable (grace expired without resurrection, or a start failed)
+    /// and nobody stopped it on purpose: a registering app server gets its webhook again.
+    pub lost: bool,
+    /// Start epoch of a pending recovery webhook; an init in that epoch is a recovery.
+    pub recovery_epoch: Option<u64>,
     pub stats: SessionStats,
     pub received: VecDeque<ReceivedFrame>,
 }
@@ -203,6 +213,8 @@ impl Session {
             ownership_released: false,
             grace_epoch: 0,
             start: watch::channel(StartSignal::default()).0,
+            lost: false,
+            recovery_epoch: None,
             stats: SessionStats {
                 session_id: session_id.to_owned(),
                 user_id: user_id.to_owned(),
@@ -251,6 +263,11 @@ impl Session {
         self.ownership_released = false;
         self.grace_epoch += 1;
         self.stats.inits += 1;
+        self.lost = false;
+        let epoch = self.start.borrow().epoch;
+        if self.recovery_epoch.take() == Some(epoch) {
+            self.stats.recovery_successes += 1;
+        }
         self.resolve_start(StartOutcome::Running);
         let ack = wire::ack(
             style,
