@@ -11,6 +11,7 @@
 //! - [`admin`]: health, readiness, metrics and the session list.
 //! - [`runtime`]: binds listeners and wires the shared state.
 //! - [`sim`]: a cloud emulator and an SDK-like app, used by tests, benchmarks and the demo.
+//! - [`status`]: `tether status`, a running Tether's sessions for an operator.
 //! - [`demo`]: `tether demo`, everything wired together with a narrated timeline.
 //! - [`bench`]: `tether bench`, latency and recovery figures against in-run baselines.
 
@@ -25,5 +26,6 @@ pub mod runtime;
 pub mod serve;
 pub mod session;
 pub mod sim;
+pub mod status;
 pub mod upstream;
 pub mod webhook;

@@ -41,6 +41,8 @@ enum Command {
         /// The YAML file to check.
         file: PathBuf,
     },
+    /// Show a running Tether's readiness and sessions (asks its admin listener).
+    Status(tether::status::StatusArgs),
     /// Run a simulator of one of Tether's peers.
     #[command(subcommand)]
     Sim(SimCommand),
@@ -120,6 +122,7 @@ fn main() -> ExitCode {
             runtime(tether::sim::app::run_cli(args))
         }
         Command::Demo(args) => runtime(tether::demo::run(args)),
+        Command::Status(args) => runtime(tether::status::run(args)),
         Command::Bench(cmd) => runtime(tether::bench::run(cmd)),
         Command::Run {
             config,

@@ -52,7 +52,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
 fn readyz(shared: &Shared, verbose: bool) -> Response<Body> {
     let draining = shared.draining.load(Ordering::Relaxed);
     // Readiness never waits on the cloud unless registration is configured as required.
-    let registered = !shared.config.registration.required || shared.registration.is_registered();
+    let registered = !shared.config().registration.required || shared.registration.is_registered();
     let checks = [
         ("listeners", true),
         ("not-draining", !draining),

@@ -3,6 +3,7 @@
 //! sees has been checked. This module reads files and the environment only when asked to by
 //! [`Config::load`]; it starts nothing.
 
+pub mod reload;
 mod secret;
 
 use std::net::SocketAddr;

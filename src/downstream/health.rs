@@ -77,7 +77,7 @@ pub async fn run(shared: Arc<Shared>) {
         });
         shared.metrics.app_healthy.set(i64::from(ok));
         let period = if health.held.load(Ordering::Relaxed) > 0 {
-            shared.config.session.probe_interval
+            shared.config().session.probe_interval
         } else {
             IDLE_PERIOD
         };
@@ -92,14 +92,14 @@ pub async fn run(shared: Arc<Shared>) {
 async fn probe(shared: &Shared) -> bool {
     let url = format!(
         "{}{}",
-        shared.config.app.url.as_str().trim_end_matches('/'),
-        shared.config.app.health_path
+        shared.config().app.url.as_str().trim_end_matches('/'),
+        shared.config().app.health_path
     );
     let Ok(req) = Request::get(url).body(full("")) else {
         return false;
     };
     let timeout = shared
-        .config
+        .config()
         .session
         .probe_interval
         .max(Duration::from_millis(500));

@@ -87,7 +87,7 @@ fn resolve(shared: &Shared, req: &Request<Incoming>) -> Result<Target, String> {
         });
     }
     let origin = shared
-        .config
+        .config()
         .cloud
         .ws_url
         .as_ref()
@@ -111,7 +111,7 @@ async fn forward(shared: &Shared, req: Request<Incoming>, target: &Target) -> Re
         req,
         &url,
         shared.tls.clone(),
-        shared.config.cloud.http_timeout,
+        shared.config().cloud.http_timeout,
     )
     .await
     {
@@ -139,8 +139,8 @@ fn accept(shared: Arc<Shared>, mut req: Request<Incoming>, target: Target) -> Re
     let accept_key = derive_accept_key(key.as_bytes());
     let upgrade = hyper::upgrade::on(&mut req);
     let cfg = connect::ws_config(
-        shared.config.limits.max_frame_bytes,
-        shared.config.limits.ws_read_buffer_bytes,
+        shared.config().limits.max_frame_bytes,
+        shared.config().limits.ws_read_buffer_bytes,
     );
     let tracker = shared.tracker.clone();
     tracker.spawn(async move {
@@ -169,7 +169,7 @@ fn accept(shared: Arc<Shared>, mut req: Request<Incoming>, target: Target) -> Re
 /// Waits for the app's first frame (its init) and starts the session.
 async fn on_app_socket(shared: Arc<Shared>, mut sock: AppSocket, target: Target) {
     use futures_util::StreamExt;
-    let timeout = shared.config.limits.init_timeout;
+    let timeout = shared.config().limits.init_timeout;
     let first = tokio::select! {
         () = shared.cancel.cancelled() => return,
         r = tokio::time::timeout(timeout, sock.next()) => r,

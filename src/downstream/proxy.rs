@@ -28,7 +28,8 @@ pub async fn send_to_app(
     mut req: Request<Body>,
     peer: Option<SocketAddr>,
 ) -> Result<Response<Body>, AppError> {
-    let base = shared.config.app.url.as_str().trim_end_matches('/');
+    let config = shared.config();
+    let base = config.app.url.as_str().trim_end_matches('/');
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let target = format!("{base}{pq}");
     *req.uri_mut() = target.parse().map_err(|_| AppError::Uri(target.clone()))?;

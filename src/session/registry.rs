@@ -36,8 +36,8 @@ pub struct SessionInfo {
     pub frames_down: AtomicU64,
     pub buffered_frames: AtomicU64,
     pub buffered_bytes: AtomicU64,
-    /// Age of the oldest buffered frame, in ms (0 when empty).
-    pub oldest_buffered_ms: AtomicU64,
+    /// When the oldest buffered frame arrived, in ms since `started` plus one (0 = none).
+    pub oldest_buffered_at: AtomicU64,
     pub recoveries: AtomicU64,
     /// Milliseconds since `started` of the last recovery (0 = none).
     pub last_recovery_ms: AtomicU64,
@@ -59,7 +59,7 @@ impl SessionInfo {
             frames_down: AtomicU64::new(0),
             buffered_frames: AtomicU64::new(0),
             buffered_bytes: AtomicU64::new(0),
-            oldest_buffered_ms: AtomicU64::new(0),
+            oldest_buffered_at: AtomicU64::new(0),
             recoveries: AtomicU64::new(0),
             last_recovery_ms: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
@@ -186,7 +186,11 @@ impl Registry {
                     frames_down: info.frames_down.load(Ordering::Relaxed),
                     buffered_frames: info.buffered_frames.load(Ordering::Relaxed),
                     buffered_bytes: info.buffered_bytes.load(Ordering::Relaxed),
-                    oldest_buffered_ms: info.oldest_buffered_ms.load(Ordering::Relaxed),
+                    oldest_buffered_ms: match info.oldest_buffered_at.load(Ordering::Relaxed) {
+                        0 => 0,
+                        at => (now.saturating_duration_since(info.started).as_millis() as u64)
+                            .saturating_sub(at - 1),
+                    },
                     recoveries: info.recoveries.load(Ordering::Relaxed),
                     last_recovery_ago_ms: match info.last_recovery_ms.load(Ordering::Relaxed) {
                         0 => None,

@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 /// Handles one webhook POST.
 pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let (parts, body) = req.into_parts();
-    let limit = shared.config.limits.max_webhook_body_bytes;
+    let limit = shared.config().limits.max_webhook_body_bytes;
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
@@ -90,7 +90,7 @@ async fn absorb(shared: &Shared, obj: &serde_json::Map<String, Value>) -> Option
                     .find(|(name, _)| name == f)
                     .map(|(_, u)| u.clone())
             })
-            .or_else(|| shared.config.cloud.ws_url.clone())?;
+            .or_else(|| shared.config().cloud.ws_url.clone())?;
         if shared.clouds.register(&url).is_err() {
             return None;
         }
@@ -130,7 +130,7 @@ async fn stop(
     }
     shared.metrics.webhook("stop_request", "held");
     let before = handle.info.resurrections.load(Ordering::Relaxed);
-    let hold = shared.config.cloud.stop_hold;
+    let hold = shared.config().cloud.stop_hold;
     let tracker = shared.tracker.clone();
     tracker.spawn(async move {
         tokio::time::sleep(hold).await;
@@ -154,7 +154,7 @@ async fn wait_for_app(shared: &Shared) {
     let mut health = shared.health.subscribe();
     shared.health.hold();
     let waited = tokio::time::timeout(
-        shared.config.session.webhook_hold,
+        shared.config().session.webhook_hold,
         health.wait_for(|ok| *ok),
     )
     .await;
@@ -176,7 +176,7 @@ fn rewrite(
         // An era or emulator that names no URL: use the configured cloud, and fill both
         // fields v2 SDKs read.
         let url = shared
-            .config
+            .config()
             .cloud
             .ws_url
             .clone()
@@ -228,7 +228,7 @@ async fn relay(
     body: Bytes,
     ty: &'static str,
 ) -> Response<Body> {
-    let timeout = shared.config.app.webhook_timeout;
+    let timeout = shared.config().app.webhook_timeout;
     let mut req = Request::from_parts(parts, full(body));
     req.headers_mut().remove(hyper::header::CONTENT_LENGTH);
     let (resp, outcome) =

@@ -662,3 +662,12 @@ impl FakeApp {
         self.webhooks.try_recv().ok()
     }
 }
+
+impl Tether {
+    /// SIGKILLs the process and waits until it is gone: no shutdown path runs, so its
+    /// sockets just drop (as on an OOM kill or a node loss).
+    pub async fn kill(mut self) {
+        let _ = self.child.start_kill();
+        let _ = within("tether to die", self.child.wait()).await;
+    }
+}
