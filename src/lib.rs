@@ -9,6 +9,7 @@
 //! - [`webhook`]: the cloud's `POST /webhook` intake.
 //! - [`registry`]: registering the app server with the cloud on its behalf.
 //! - [`admin`]: health, readiness, metrics and the session list.
+//! - [`logging`]: the log filter, swappable by a reload.
 //! - [`runtime`]: binds listeners and wires the shared state.
 //! - [`sim`]: a cloud emulator and an SDK-like app, used by tests, benchmarks and the demo.
 //! - [`status`]: `tether status`, a running Tether's sessions for an operator.
@@ -20,6 +21,7 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod downstream;
+pub mod logging;
 pub mod protocol;
 pub mod registry;
 pub mod runtime;

@@ -40,6 +40,10 @@ enum Command {
     CheckConfig {
         /// The YAML file to check.
         file: PathBuf,
+        /// Also print what reloading this file into the Tether whose admin listener is here
+        /// (host:port) would change.
+        #[arg(long)]
+        against: Option<String>,
     },
     /// Show a running Tether's readiness and sessions (asks its admin listener).
     Status(tether::status::StatusArgs),
@@ -87,14 +91,32 @@ fn init_tracing(level: &str, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stdout);
+    // A reload may change the level; RUST_LOG, when set, keeps winning.
+    let from_env = std::env::var_os("RUST_LOG").is_some();
+    macro_rules! install_reload {
+        ($handle:expr) => {{
+            let handle = $handle;
+            tether::logging::install(Box::new(move |level: &str| {
+                if from_env {
+                    return Ok(());
+                }
+                let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            }));
+        }};
+    }
     if json {
-        builder
+        let builder = builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .init();
+            .with_filter_reloading();
+        install_reload!(builder.reload_handle());
+        builder.init();
     } else {
+        let builder = builder.with_filter_reloading();
+        install_reload!(builder.reload_handle());
         builder.init();
     }
 }
@@ -102,11 +124,33 @@ fn init_tracing(level: &str, format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => match Config::load(Some(&file)) {
+        Command::CheckConfig { file, against } => match Config::load(Some(&file)) {
             Ok(cfg) => {
                 // A closed stdout (`| head`) is not an error worth a panic.
-                let _ = writeln!(std::io::stdout(), "{}: ok\n{cfg:#?}", file.display());
-                ExitCode::SUCCESS
+                let mut out = std::io::stdout();
+                let _ = writeln!(out, "{}: ok", file.display());
+                let Some(admin) = against else {
+                    for (k, v) in cfg.entries() {
+                        let _ = writeln!(out, "  {k} = {v}");
+                    }
+                    return ExitCode::SUCCESS;
+                };
+                runtime(async move {
+                    let running = tether::status::running_config(&admin).await?;
+                    let changes = tether::config::reload::diff(&running, &cfg.entries());
+                    if changes.is_empty() {
+                        let _ = writeln!(out, "a reload would change nothing");
+                    }
+                    for c in changes {
+                        let note = if c.needs_restart {
+                            " (needs a restart)"
+                        } else {
+                            ""
+                        };
+                        let _ = writeln!(out, "  {}: {} -> {}{note}", c.key, c.old, c.new);
+                    }
+                    Ok(())
+                })
             }
             Err(e) => {
                 eprintln!("error: {e}");
@@ -136,7 +180,7 @@ fn main() -> ExitCode {
                 }
             };
             init_tracing(&cfg.log.level, cfg.log.format);
-            runtime(run(cfg, shutdown_grace))
+            runtime(run(cfg, shutdown_grace, config))
         }
     }
 }
@@ -161,9 +205,10 @@ fn runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCo
     }
 }
 
-async fn run(cfg: Config, grace: Duration) -> anyhow::Result<()> {
+async fn run(cfg: Config, grace: Duration, path: Option<PathBuf>) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let running = tether::runtime::start(cfg, cancel.clone()).await?;
+    tether::runtime::spawn_reloader(&running, path);
     let shutdown = signal().await;
     tracing::info!(signal = shutdown, ?grace, "shutting down");
     // A second signal during the drain exits at once.

@@ -220,3 +220,78 @@ impl Running {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.admin_tracker.wait()).await;
     }
 }
+
+/// How often the config file is read for changes. Reading the path (not watching an
+/// inode) follows Kubernetes' ConfigMap updates, which swap a symlink in the directory.
+const CONFIG_POLL: Duration = Duration::from_secs(1);
+
+/// Reloads on SIGHUP and whenever the file's content changes, until shutdown. Without a
+/// file there is nothing to reload.
+pub fn spawn_reloader(running: &Running, path: Option<std::path::PathBuf>) {
+    let Some(path) = path else { return };
+    let shared = running.shared.clone();
+    shared.clone().tracker.spawn(async move {
+        // Unknown at first: the first poll compares with the running configuration.
+        let mut last = None;
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<Option<()>>();
+            let forced = tokio::select! {
+                () = shared.cancel.cancelled() => return,
+                _ = hangup => true,
+                () = tokio::time::sleep(CONFIG_POLL) => false,
+            };
+            let now = std::fs::read(&path).ok();
+            if forced || now != last {
+                last = now;
+                reload(&shared, &path, forced);
+            }
+        }
+    });
+}
+
+/// Reads, validates and applies the config file. A file that does not validate is
+/// reported and the running configuration kept; listener changes are reported as needing
+/// a restart and not applied.
+pub fn reload(shared: &Shared, path: &std::path::Path, forced: bool) {
+    let mut new = match Config::load(Some(path)) {
+        Ok(c) => c,
+        Err(e) => {
+            shared.metrics.config_reload("error");
+            tracing::error!(error = %e, "config reload rejected; the running configuration is kept");
+            return;
+        }
+    };
+    let old = shared.config();
+    let changes = crate::config::reload::diff(&old.entries(), &new.entries());
+    if changes.is_empty() && !forced {
+        // The file was rewritten with what is already in force.
+        return;
+    }
+    for c in &changes {
+        if c.needs_restart {
+            tracing::warn!(key = %c.key, old = %c.old, new = %c.new, "changed key needs a restart; not applied");
+        } else {
+            tracing::info!(key = %c.key, old = %c.old, new = %c.new, "config changed");
+        }
+    }
+    // What was bound stays bound.
+    new.listen = old.listen.clone();
+    new.registration.enabled = old.registration.enabled;
+    if new.log.level != old.log.level {
+        if let Err(e) = crate::logging::set_level(&new.log.level) {
+            tracing::warn!(error = %e, "log level not changed");
+        }
+    }
+    shared.set_config(new);
+    shared.metrics.config_reload("ok");
+}

@@ -375,3 +375,15 @@ mod tests {
         );
     }
 }
+
+/// The configuration a running Tether has in force (`GET /config`, secrets masked).
+pub async fn running_config(
+    admin: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let addr = admin_authority(admin);
+    let (code, body) = get(&addr, "/config").await?;
+    if code != 200 {
+        bail!("GET /config at {addr} answered {code}");
+    }
+    Ok(serde_json::from_slice(&body)?)
+}

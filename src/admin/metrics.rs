@@ -89,6 +89,7 @@ pub struct Metrics {
     refires: Family<OutcomeLabels, Counter>,
     app_disconnects: Family<CauseLabels, Counter>,
     recovery_seconds: Histogram,
+    config_reloads: Family<OutcomeLabels, Counter>,
     cloud_disconnects: Family<CauseLabels, Counter>,
     cloud_reconnect_attempts: Counter,
     cloud_reacked_seconds: Histogram,
@@ -283,7 +284,14 @@ impl Metrics {
             "Bytes of Tether's own cloud heartbeats, by direction",
             hb,
         );
+        let config_reloads = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by outcome (ok, error)",
+            config_reloads.clone(),
+        );
         Metrics {
+            config_reloads,
             cloud_disconnects,
             cloud_reconnect_attempts,
             cloud_reacked_seconds,
@@ -398,6 +406,13 @@ impl Metrics {
     pub fn app_disconnect(&self, cause: &'static str) {
         self.app_disconnects
             .get_or_create(&CauseLabels { cause })
+            .inc();
+    }
+
+    /// Counts a configuration reload.
+    pub fn config_reload(&self, outcome: &'static str) {
+        self.config_reloads
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 

@@ -41,6 +41,10 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
             );
             resp
         }
+        "/config" => json(
+            StatusCode::OK,
+            &serde_json::json!(shared.config().entries()),
+        ),
         "/sessions" => json(
             StatusCode::OK,
             &serde_json::json!({ "sessions": shared.sessions.rows(Instant::now()) }),

@@ -932,7 +932,10 @@ impl Session {
     /// Applies new bounds to the buffer (a config reload).
     pub fn set_settings(&mut self, settings: Settings) {
         self.buffer.set_limits(settings.down_buffer);
-        self.settings = settings;
+        self.up_buffer.set_limits(settings.up_buffer);
+        // The jitter source keeps its state: a reload must not replay the same delays.
+        let seed = self.settings.seed;
+        self.settings = Settings { seed, ..settings };
     }
 }
 

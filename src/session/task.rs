@@ -187,6 +187,7 @@ impl Driver {
         );
         session.handle(Event::AppHealth(*self.health.borrow_and_update()), start);
         let mut phase = session.phase();
+        let mut settings_generation = self.shared.config_generation.load(Ordering::Relaxed);
         let mut work: VecDeque<Action> = first.into();
         let far = || Instant::now() + Duration::from_secs(3600);
         let timer = tokio::time::sleep_until(far());
@@ -268,6 +269,12 @@ impl Driver {
                 Event::AppFrame(_) | Event::AppPong(_) | Event::CloudFrame(_) | Event::CloudPong
             );
             let from_app = matches!(ev, Event::AppFrame(_) | Event::AppPong(_));
+            let generation = self.shared.config_generation.load(Ordering::Relaxed);
+            if generation != settings_generation {
+                // A reload: new limits and timeouts apply from this event on.
+                settings_generation = generation;
+                session.set_settings(settings(&self.shared));
+            }
             self.note(&ev);
             work.extend(session.handle(ev, Instant::now()));
             if from_socket {
