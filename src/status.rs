@@ -270,6 +270,18 @@ fn human_bytes(n: u64) -> String {
     format!("{v:.1} {}", UNITS[unit])
 }
 
+/// The configuration a running Tether has in force (`GET /config`, secrets masked).
+pub async fn running_config(
+    admin: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let addr = admin_authority(admin);
+    let (code, body) = get(&addr, "/config").await?;
+    if code != 200 {
+        bail!("GET /config at {addr} answered {code}");
+    }
+    Ok(serde_json::from_slice(&body)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,16 +386,4 @@ mod tests {
             "Tether at a:1: NOT READY (not-draining failed); 0 sessions\n"
         );
     }
-}
-
-/// The configuration a running Tether has in force (`GET /config`, secrets masked).
-pub async fn running_config(
-    admin: &str,
-) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    let addr = admin_authority(admin);
-    let (code, body) = get(&addr, "/config").await?;
-    if code != 200 {
-        bail!("GET /config at {addr} answered {code}");
-    }
-    Ok(serde_json::from_slice(&body)?)
 }
