@@ -1,7 +1,8 @@
-//! Smoke test of `tether bench`: both benchmarks run end to end through the real binary on
-//! loopback, with small counts, and print JSON with the expected keys. Timing figures are
+//! Smoke test of `tether bench`: every benchmark runs end to end through the real binary on
+//! loopback, with small counts, and prints JSON with the expected keys. Timing figures are
 //! only checked for being present and non-negative: the machine is shared, so no timing
-//! is asserted. The recovery run must lose no frame and never make the cloud resurrect.
+//! is asserted. The recovery and cloud runs must lose no frame and never make the cloud
+//! resurrect.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -119,5 +120,76 @@ async fn recovery_bench_loses_nothing() {
     assert_eq!(v["cloud"]["resurrections"], 0, "{v:#}");
     assert_eq!(v["cloud"]["app_disconnects"], 0, "{v:#}");
     non_negative(&v, "/tether_frames_dropped");
+    non_negative(&v, "/runtime_s");
+}
+
+#[tokio::test]
+async fn cloud_bench_heals_without_loss() {
+    let v = bench(&[
+        "cloud",
+        "--drops",
+        "3",
+        "--sessions",
+        "2",
+        "--hb-secs",
+        "2",
+        "--json",
+    ])
+    .await;
+    assert_eq!(v["bench"], "cloud");
+    assert!(
+        v["failure"].is_null(),
+        "the drops stopped early: {}",
+        v["failure"]
+    );
+    assert_eq!(v["completed_drops"], 3, "{v:#}");
+    assert_eq!(non_negative(&v, "/drop_to_reinit_ms/n"), 3.0);
+    for stat in ["p50", "p95", "p99", "max", "mean"] {
+        non_negative(&v, &format!("/drop_to_reinit_ms/{stat}"));
+        non_negative(&v, &format!("/tether_reacked/per_drop_ms/{stat}"));
+    }
+    non_negative(&v, "/tether_reacked/count");
+    non_negative(&v, "/tether_reacked/mean_ms");
+    non_negative(&v, "/target_p95_ms");
+    assert!(
+        non_negative(&v, "/frames/numbered") > 0.0,
+        "no frame was numbered: {v:#}"
+    );
+    for key in [
+        "received",
+        "missing",
+        "dropped_by_cloud",
+        "duplicates",
+        "out_of_order",
+    ] {
+        non_negative(&v, &format!("/frames/{key}"));
+    }
+    assert_eq!(v["frames"]["lost_by_tether"], 0, "{v:#}");
+    assert_eq!(v["cloud"]["resurrections"], 0, "{v:#}");
+    for key in ["superseded_close_hazards", "inits", "frames_dropped"] {
+        non_negative(&v, &format!("/cloud/{key}"));
+    }
+    non_negative(&v, "/app/reconnect_attempts");
+    let runs = v["heartbeat"]["runs"].as_array().expect("heartbeat runs");
+    assert_eq!(runs.len(), 2, "{v:#}");
+    for (i, run) in runs.iter().enumerate() {
+        for key in [
+            "heartbeat_interval_ms",
+            "sent_bytes",
+            "heartbeat_bytes",
+            "stream_bytes",
+            "heartbeat_bytes_per_session_hour",
+            "stream_bytes_per_session_hour",
+            "share_pct",
+            "nominal_share_pct",
+        ] {
+            non_negative(&v, &format!("/heartbeat/runs/{i}/{key}"));
+        }
+        assert!(
+            run["stream_bytes"].as_f64().is_some_and(|b| b > 0.0),
+            "no stream measured: {run:#}"
+        );
+    }
+    non_negative(&v, "/heartbeat/target_share_pct");
     non_negative(&v, "/runtime_s");
 }

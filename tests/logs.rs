@@ -142,6 +142,10 @@ async fn session_lines_carry_session_id_and_peer_lines_carry_hop() {
                 bad.push(format!("names {id} but is attributed to {sid}: {line}"));
             }
         }
+        if v["span"]["name"] == "session" && v["span"]["package"].as_str().is_none_or(str::is_empty)
+        {
+            bad.push(format!("session line without its package: {line}"));
+        }
         match v.get("hop").map(|h| h.as_str()) {
             None => {
                 let message = v["message"].as_str().unwrap_or_default();

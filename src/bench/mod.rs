@@ -5,6 +5,8 @@
 //!   connection to the same echo peer, alternated in chunks.
 //! - [`recovery`]: how fast sessions come back when the app process is SIGKILLed and
 //!   restarted, and whether any frame is lost or duplicated on the way.
+//! - [`cloud`]: how fast a dropped cloud link is healed, whether the app sees any of it, and
+//!   what Tether's cloud heartbeat costs against a transcription stream.
 //!
 //! The machine these run on is shared and noisy, so nothing here asserts a timing: figures
 //! and ratios are printed (a table, or `--json` for machines). Every peer listens on
@@ -19,12 +21,14 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::runtime::Running;
 
+mod cloud;
 mod echo;
 mod http;
 mod recovery;
 mod relay;
 mod stats;
 
+pub use cloud::CloudArgs;
 pub use recovery::RecoveryArgs;
 pub use relay::RelayArgs;
 
@@ -42,6 +46,9 @@ pub enum BenchCommand {
     Relay(RelayArgs),
     /// Recovery time and frame loss across repeated SIGKILLs of the app process.
     Recovery(RecoveryArgs),
+    /// Cloud-link heal time and frame accounting across repeated cloud socket drops, and
+    /// the heartbeat's cost.
+    Cloud(CloudArgs),
 }
 
 /// Runs a benchmark and prints its report on stdout.
@@ -63,6 +70,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         match cmd {
             BenchCommand::Relay(args) => relay::run(args).await,
             BenchCommand::Recovery(args) => recovery::run(args).await,
+            BenchCommand::Cloud(args) => cloud::run(args).await,
         }
     };
     // On a signal the bench future is dropped, and with it every child process

@@ -421,7 +421,7 @@ impl Session {
             Event::CloudConnected => self.on_cloud_connected(now, &mut out),
             Event::CloudDialFailed => self.on_dial_failed(now, &mut out),
             Event::CloudPong => self.on_cloud_seen(now),
-            Event::CloudResurrect => self.on_resurrect(&mut out),
+            Event::CloudResurrect => self.on_resurrect(now, &mut out),
             Event::AppFrame(frame) => self.on_app_frame(frame, now, &mut out),
             Event::AppPong(payload) => self.on_pong(&payload, now, &mut out),
             Event::CloudFrame(frame) => self.on_cloud_frame(frame, now, &mut out),

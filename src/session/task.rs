@@ -138,7 +138,13 @@ pub fn spawn(shared: &Arc<Shared>, s: Spawn) -> SessionHandle {
         app_dirty: false,
         cloud_dirty: false,
     };
-    let span = tracing::info_span!("session", session_id = %s.session_id);
+    let package = crate::protocol::ConnectionInit::parse(match &s.init {
+        Frame::Text(t) => t.as_str(),
+        Frame::Binary(_) => "",
+    })
+    .and_then(|i| i.package_name)
+    .unwrap_or_default();
+    let span = tracing::info_span!("session", session_id = %s.session_id, package = %package);
     let (init, urls) = (s.init, s.urls);
     shared.tracker.spawn(
         async move {
@@ -358,6 +364,10 @@ impl Driver {
                 resurrected,
             } => {
                 self.shared.metrics.cloud_reacked(outage, resurrected);
+                let at = Instant::now()
+                    .saturating_duration_since(self.info.started)
+                    .as_millis() as u64;
+                self.info.last_cloud_heal.store(at + 1, Ordering::Relaxed);
                 tracing::info!(
                     hop = "cloud",
                     outage_ms = outage.as_millis() as u64,

@@ -17,7 +17,7 @@ use super::{local_url, parse_session_request, WebhookError};
 use crate::downstream::proxy;
 use crate::runtime::Shared;
 use crate::serve::{full, json, json_error, Body};
-use crate::session::registry::WebhookRecord;
+use crate::session::registry::{Registry, WebhookRecord};
 use crate::session::task::Command;
 use std::sync::atomic::Ordering;
 
@@ -75,7 +75,8 @@ async fn absorb(shared: &Shared, obj: &serde_json::Map<String, Value>) -> Option
         return None;
     }
     let success = || json(StatusCode::OK, &serde_json::json!({"status": "success"}));
-    if *handle.info.phase.borrow() == "cloud_down" {
+    let after_held_stop = handle.info.stop_held.swap(false, Ordering::Relaxed);
+    if after_held_stop || *handle.info.phase.borrow() == "cloud_down" {
         // The URL a v2 SDK would dial (§2.1): mentraOS first, then the legacy field.
         let preferred = [
             "mentraOSWebsocketUrl",
@@ -123,12 +124,21 @@ async fn stop(
     let Some(handle) = handle else {
         return relay(&shared, parts, bytes, "stop_request").await;
     };
-    if *handle.info.phase.borrow() != "cloud_down" {
+    // A stop may open a resurrection while the link is down, and also just after a heal:
+    // a cloud that handled the old socket's close after the new init dropped the session
+    // over a link that looks healthy (PROTOCOL §10.5).
+    let recently_healed = Registry::healed_within(
+        &handle.info,
+        shared.config().cloud.resurrection_wait,
+        Instant::now(),
+    );
+    if *handle.info.phase.borrow() != "cloud_down" && !recently_healed {
         handle.info.stopping.store(true, Ordering::Relaxed);
         let _ = handle.mailbox.send(Command::StopRequested).await;
         return relay(&shared, parts, bytes, "stop_request").await;
     }
     shared.metrics.webhook("stop_request", "held");
+    handle.info.stop_held.store(true, Ordering::Relaxed);
     let before = handle.info.resurrections.load(Ordering::Relaxed);
     let hold = shared.config().cloud.stop_hold;
     let tracker = shared.tracker.clone();
@@ -137,6 +147,7 @@ async fn stop(
         if handle.info.resurrections.load(Ordering::Relaxed) != before {
             return;
         }
+        handle.info.stop_held.store(false, Ordering::Relaxed);
         tracing::info!(session_id = %handle.info.id, "no resurrection followed the stop; passing it on");
         handle.info.stopping.store(true, Ordering::Relaxed);
         let _ = handle.mailbox.send(Command::StopRequested).await;

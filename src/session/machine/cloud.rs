@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use super::*;
 
+/// Pause before re-dialling a link the cloud's side ended (see `on_cloud_lost`).
+pub const CLOSE_SETTLE: Duration = Duration::from_millis(50);
+
 /// A cloud close that ends the session rather than a link to heal: the codes and reasons the
 /// SDK keys its own decisions on (PROTOCOL §11.2).
 pub(super) fn is_terminal(close: &Option<Close>) -> bool {
@@ -131,14 +134,20 @@ impl Session {
                 out.push(Action::AbortCloud);
                 out.push(Action::CloudLinkLost { cause });
                 self.json_pings = 0;
+                // The first try is immediate when Tether found the link dead (silent). When
+                // the cloud's side ended it, a short settle lets the cloud finish its own
+                // close first: a close it handles after the new init would clear the new
+                // socket and resurrect the app 5 s later (PROTOCOL §10.5).
+                let retry_at = (cause != "silent").then(|| now + CLOSE_SETTLE);
                 self.cloud = CloudLink::Down {
                     since: now,
                     attempt: 0,
-                    retry_at: None,
+                    retry_at,
                     refused: false,
                 };
-                // The first try is immediate: a blip heals inside the cloud's 5 s grace.
-                out.push(Action::DialCloud);
+                if retry_at.is_none() {
+                    out.push(Action::DialCloud);
+                }
             }
             CloudLink::Reinit { since } => {
                 out.push(Action::AbortCloud);
@@ -169,7 +178,21 @@ impl Session {
         };
     }
 
-    pub(super) fn on_resurrect(&mut self, out: &mut Vec<Action>) {
+    pub(super) fn on_resurrect(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if matches!(self.cloud, CloudLink::Up { .. } | CloudLink::Reinit { .. }) {
+            // The cloud dropped the session although the link looked healthy (it handled a
+            // superseded close over the new socket): it now waits for a new init.
+            out.push(Action::AbortCloud);
+            self.cloud = CloudLink::Down {
+                since: now,
+                attempt: 0,
+                retry_at: None,
+                refused: false,
+            };
+            self.resurrecting = true;
+            out.push(Action::DialCloud);
+            return;
+        }
         if let CloudLink::Down {
             since,
             refused,

@@ -448,14 +448,15 @@ fn lose_cloud(s: &mut Session, now: Instant) {
     let a = s.handle(Event::CloudLost, now);
     assert_eq!(
         a,
-        vec![
-            Action::AbortCloud,
-            Action::CloudLinkLost { cause: "lost" },
-            Action::DialCloud
-        ],
-        "the first try is immediate"
+        vec![Action::AbortCloud, Action::CloudLinkLost { cause: "lost" }]
     );
     assert_eq!(s.phase(), "cloud_down");
+    // The cloud's side ended it: a short settle, then the first try.
+    assert_eq!(s.next_deadline(), Some(now + cloud::CLOSE_SETTLE));
+    assert_eq!(
+        s.handle(Event::Tick, now + cloud::CLOSE_SETTLE),
+        vec![Action::DialCloud]
+    );
 }
 
 #[test]
@@ -482,7 +483,7 @@ fn a_dropped_cloud_link_is_healed_without_the_app_noticing() {
             .count();
     }
     assert_eq!(superseded, 2, "older dashboard updates are superseded");
-    let a = s.handle(Event::CloudConnected, t0 + ms(20));
+    let a = s.handle(Event::CloudConnected, t0 + ms(60));
     assert_eq!(
         a,
         vec![Action::SendCloud(init("k"), Kind::ConnectionInit)],
@@ -537,7 +538,10 @@ fn only_meant_cloud_closes_end_the_session() {
         if ends {
             assert_eq!(a, vec![Action::CloseApp(Some(close))], "{code} {reason}");
         } else {
-            assert!(a.contains(&Action::DialCloud), "{code} {reason}: {a:?}");
+            assert!(
+                a.contains(&Action::CloudLinkLost { cause: "closed" }),
+                "{code} {reason}: {a:?}"
+            );
             assert_eq!(s.phase(), "cloud_down");
         }
     }
@@ -646,4 +650,30 @@ fn an_sdk_json_ping_is_answered_locally() {
         panic!("{a:?}")
     };
     assert!(t.as_str().starts_with(r#"{"type":"pong""#));
+}
+
+#[test]
+fn a_resurrection_of_a_link_that_looked_healthy_re_dials() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    let a = s.handle(Event::CloudResurrect, t0);
+    assert_eq!(a, vec![Action::AbortCloud, Action::DialCloud]);
+    s.handle(Event::CloudConnected, t0 + ms(5));
+    let a = s.handle(Event::CloudFrame(text(ACK)), t0 + ms(10));
+    assert!(a.contains(&Action::CloudReacked {
+        outage: ms(10),
+        resurrected: true
+    }));
+}
+
+#[test]
+fn a_silent_link_is_re_dialled_at_once() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    s.handle(Event::CloudPong, t0);
+    let a = s.handle(Event::Tick, t0 + Duration::from_secs(31));
+    assert!(
+        a.ends_with(&[Action::CloudLinkLost { cause: "silent" }, Action::DialCloud]),
+        "{a:?}"
+    );
 }
