@@ -207,8 +207,13 @@ fn runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCo
 
 async fn run(cfg: Config, grace: Duration, path: Option<PathBuf>) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
+    #[cfg(unix)]
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let running = tether::runtime::start(cfg, cancel.clone()).await?;
-    tether::runtime::spawn_reloader(&running, path);
+    #[cfg(unix)]
+    tether::runtime::spawn_reloader(&running, path, hangup);
+    #[cfg(not(unix))]
+    let _ = path;
     let shutdown = signal().await;
     tracing::info!(signal = shutdown, ?grace, "shutting down");
     // A second signal during the drain exits at once.

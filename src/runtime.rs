@@ -225,35 +225,36 @@ impl Running {
 /// inode) follows Kubernetes' ConfigMap updates, which swap a symlink in the directory.
 const CONFIG_POLL: Duration = Duration::from_secs(1);
 
-/// Reloads on SIGHUP and whenever the file's content changes, until shutdown. Without a
-/// file there is nothing to reload.
-pub fn spawn_reloader(running: &Running, path: Option<std::path::PathBuf>) {
-    let Some(path) = path else { return };
+/// Reloads on SIGHUP and whenever the file's content changes, until shutdown. `hangup`
+/// is the SIGHUP stream, registered by the caller before the listeners were bound so an
+/// early signal never takes the default action (exit). Without a file, SIGHUP is logged
+/// and ignored.
+#[cfg(unix)]
+pub fn spawn_reloader(
+    running: &Running,
+    path: Option<std::path::PathBuf>,
+    mut hangup: tokio::signal::unix::Signal,
+) {
     let shared = running.shared.clone();
     shared.clone().tracker.spawn(async move {
         // Unknown at first: the first poll compares with the running configuration.
         let mut last = None;
-        #[cfg(unix)]
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         loop {
-            #[cfg(unix)]
-            let hangup = async {
-                match hup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let hangup = std::future::pending::<Option<()>>();
             let forced = tokio::select! {
                 () = shared.cancel.cancelled() => return,
-                _ = hangup => true,
+                _ = hangup.recv() => true,
                 () = tokio::time::sleep(CONFIG_POLL) => false,
             };
-            let now = std::fs::read(&path).ok();
+            let Some(path) = path.as_deref() else {
+                if forced {
+                    tracing::warn!("SIGHUP: no config file was given, nothing to reload");
+                }
+                continue;
+            };
+            let now = std::fs::read(path).ok();
             if forced || now != last {
                 last = now;
-                reload(&shared, &path, forced);
+                reload(&shared, path, forced);
             }
         }
     });
