@@ -23,6 +23,7 @@ use crate::runtime::Running;
 
 mod cloud;
 mod echo;
+mod exposition;
 mod http;
 mod recovery;
 mod relay;
