@@ -346,6 +346,8 @@ pub struct Session {
     rng: u64,
     /// The current heal answers the cloud's resurrection of the session.
     resurrecting: bool,
+    /// When the cloud last refused a re-init (the resurrection wait runs from here).
+    refused_at: Option<Instant>,
 }
 
 /// Rewrites URLs the app built on Tether's local base back to the cloud's base.
@@ -406,6 +408,7 @@ impl Session {
             json_pings: 0,
             rng: settings.seed | 1,
             resurrecting: false,
+            refused_at: None,
             settings,
         };
         (s, vec![Action::DialCloud])

@@ -481,25 +481,29 @@ impl Driver {
     async fn send_app(&mut self, msg: Message) -> Option<Event> {
         let sock = self.app.as_mut()?;
         self.app_dirty = true;
-        write(sock, msg, &self.cancel, "app")
-            .await
-            .err()
-            .map(|lost| match lost {
-                Lost::Cancelled => Event::Shutdown,
-                Lost::Failed => Event::AppLost,
-            })
+        let lost = write(sock, msg, &self.cancel, "app").await.err()?;
+        Some(match lost {
+            Lost::Cancelled => Event::Shutdown,
+            Lost::Failed => {
+                // Drop the socket now, so the writes still queued fail at once instead of
+                // each waiting out the timeout on a dead peer.
+                self.app = None;
+                Event::AppLost
+            }
+        })
     }
 
     async fn send_cloud(&mut self, msg: Message) -> Option<Event> {
         let sock = self.cloud.as_mut()?;
         self.cloud_dirty = true;
-        write(sock, msg, &self.cancel, "cloud")
-            .await
-            .err()
-            .map(|lost| match lost {
-                Lost::Cancelled => Event::Shutdown,
-                Lost::Failed => Event::CloudLost,
-            })
+        let lost = write(sock, msg, &self.cancel, "cloud").await.err()?;
+        Some(match lost {
+            Lost::Cancelled => Event::Shutdown,
+            Lost::Failed => {
+                self.cloud = None;
+                Event::CloudLost
+            }
+        })
     }
 
     /// Flushes what the last batch fed to each socket.
@@ -508,7 +512,10 @@ impl Driver {
             if let Some(sock) = self.app.as_mut() {
                 match flush(sock, &self.cancel, "app").await {
                     Err(Lost::Cancelled) => return Some(Event::Shutdown),
-                    Err(Lost::Failed) => return Some(Event::AppLost),
+                    Err(Lost::Failed) => {
+                        self.app = None;
+                        return Some(Event::AppLost);
+                    }
                     Ok(()) => {}
                 }
             }
@@ -517,7 +524,10 @@ impl Driver {
             if let Some(sock) = self.cloud.as_mut() {
                 match flush(sock, &self.cancel, "cloud").await {
                     Err(Lost::Cancelled) => return Some(Event::Shutdown),
-                    Err(Lost::Failed) => return Some(Event::CloudLost),
+                    Err(Lost::Failed) => {
+                        self.cloud = None;
+                        return Some(Event::CloudLost);
+                    }
                     Ok(()) => {}
                 }
             }

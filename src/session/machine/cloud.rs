@@ -101,16 +101,16 @@ impl Session {
         out: &mut Vec<Action>,
     ) {
         let reinit = matches!(self.cloud, CloudLink::Reinit { .. });
-        if !reinit
-            && (self.terminal || self.stopping || is_terminal(&close) || !self.cache.has_ack())
-        {
-            // Passed to the app exactly: the SDK decides on the code and reason (§11.2).
-            self.end(EndReason::CloudClosed, Some(close), None, out);
+        if reinit && close.as_ref().is_some_and(|c| c.code == 1008) {
+            // A refused re-init (§5.2 closes those with 1008): the cloud dropped the
+            // session and will resurrect it.
+            out.push(Action::AbortCloud);
+            self.refused(now);
             return;
         }
-        if reinit {
-            // The close after a refused re-init: the cloud dropped the session.
-            self.refused(now);
+        if self.terminal || self.stopping || is_terminal(&close) || !self.cache.has_ack() {
+            // Passed to the app exactly: the SDK decides on the code and reason (§11.2).
+            self.end(EndReason::CloudClosed, Some(close), None, out);
             return;
         }
         self.on_cloud_lost("closed", now, out);
@@ -125,6 +125,14 @@ impl Session {
     ) {
         match self.cloud {
             CloudLink::Dialing { .. } => {
+                if self.app_is_connected() {
+                    out.push(Action::AbortApp);
+                }
+                self.end(EndReason::CloudLost, None, None, out);
+            }
+            CloudLink::Up { .. } if !self.cache.has_ack() => {
+                // Nothing to re-init from yet: behave as the direct connection would.
+                out.push(Action::AbortCloud);
                 if self.app_is_connected() {
                     out.push(Action::AbortApp);
                 }
@@ -163,7 +171,17 @@ impl Session {
         }
     }
 
+    /// When a link that is down is given up: the hold window from the loss, or after a
+    /// refusal the resurrection wait from the refusal.
+    fn give_up_at(&self, since: Instant, refused: bool) -> Instant {
+        match (refused, self.refused_at) {
+            (true, Some(at)) => at + self.settings.resurrection_wait,
+            _ => since + self.settings.hold_window,
+        }
+    }
+
     fn refused(&mut self, now: Instant) {
+        self.refused_at = Some(now);
         let since = match self.cloud {
             CloudLink::Reinit { since } | CloudLink::Down { since, .. } => since,
             _ => now,
@@ -330,12 +348,8 @@ impl Session {
                 refused,
                 ..
             } => {
-                let limit = if refused {
-                    self.settings.resurrection_wait
-                } else {
-                    self.settings.hold_window
-                };
-                if now >= since + limit {
+                let give_up = self.give_up_at(since, refused);
+                if now >= give_up {
                     // Give up honestly: the SDK hears the session ended and reports it.
                     let close = Close::new(CLOSE_GOING_AWAY, "Cloud link lost");
                     self.end(EndReason::CloudLost, Some(Some(close)), None, out);
@@ -404,12 +418,8 @@ impl Session {
                 refused,
                 ..
             } => {
-                let limit = if refused {
-                    self.settings.resurrection_wait
-                } else {
-                    self.settings.hold_window
-                };
-                Some(retry_at.map_or(since + limit, |t| t.min(since + limit)))
+                let give_up = self.give_up_at(since, refused);
+                Some(retry_at.map_or(give_up, |t| t.min(give_up)))
             }
             CloudLink::Reinit { since } => Some(since + self.settings.hold_window),
             _ => None,

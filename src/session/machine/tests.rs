@@ -677,3 +677,39 @@ fn a_silent_link_is_re_dialled_at_once() {
         "{a:?}"
     );
 }
+
+#[test]
+fn a_close_during_the_re_init_is_judged_like_any_other() {
+    // A session end reaches the app exactly, even while re-initialising.
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    lose_cloud(&mut s, t0);
+    s.handle(Event::CloudConnected, t0 + ms(60));
+    let end = Close::new(1000, "User session ended");
+    let a = s.handle(Event::CloudClosed(Some(end.clone())), t0 + ms(70));
+    assert_eq!(a, vec![Action::CloseApp(Some(end))]);
+    // A server error is just another lost link: dial again.
+    let mut s = live(t0);
+    lose_cloud(&mut s, t0);
+    s.handle(Event::CloudConnected, t0 + ms(60));
+    let a = s.handle(
+        Event::CloudClosed(Some(Close::new(1011, "Internal server error"))),
+        t0 + ms(70),
+    );
+    assert!(a.contains(&Action::AbortCloud), "{a:?}");
+    assert_eq!(s.phase(), "cloud_down");
+    assert!(
+        s.next_deadline() <= Some(t0 + ms(70) + Duration::from_millis(400)),
+        "a retry is due soon"
+    );
+}
+
+#[test]
+fn a_link_lost_before_the_first_ack_ends_the_session() {
+    let t0 = Instant::now();
+    let mut s = new_session(t0);
+    s.handle(Event::CloudConnected, t0);
+    let a = s.handle(Event::CloudLost, t0 + ms(5));
+    assert_eq!(a, vec![Action::AbortCloud, Action::AbortApp]);
+    assert_eq!(s.end_reason(), Some(EndReason::CloudLost));
+}
