@@ -21,7 +21,8 @@ use crate::downstream::health::AppHealth;
 use crate::serve::{self, Body};
 use crate::session::buffer::GlobalBytes;
 use crate::session::registry::Registry;
-use crate::upstream::clouds::CloudTable;
+use crate::upstream::clouds::{CloudIds, KeyError};
+use crate::webhook::limit::{FirstSeen, WebhookGate};
 
 /// State shared by the listeners and session tasks.
 pub struct Shared {
@@ -30,7 +31,12 @@ pub struct Shared {
     /// Bumped by every applied reload, so sessions pick up new limits.
     pub config_generation: AtomicU64,
     pub metrics: Metrics,
-    pub clouds: CloudTable,
+    /// Mints and opens the `/c/<id>` cloud ids of local URLs.
+    pub clouds: CloudIds,
+    /// Rate limits and the in-flight bound of `POST /webhook`.
+    pub webhook_gate: WebhookGate,
+    /// Cloud origins already reported as refused.
+    pub refused_origins: FirstSeen,
     pub sessions: Registry,
     pub tls: Arc<rustls::ClientConfig>,
     /// `host:port` of the local listener as written into URLs handed to the app.
@@ -75,6 +81,8 @@ pub enum StartError {
     },
     #[error("TLS setup failed: {0}")]
     Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    CloudIdKey(#[from] KeyError),
 }
 
 /// A started Tether: its bound addresses, and the handle to stop it.
@@ -125,9 +133,20 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
     let registration = crate::registry::Status::default();
     let mut metrics = Metrics::new();
     registration.register_metrics(metrics.registry_mut());
+    let webhook_gate = WebhookGate::new(&config.limits);
+    webhook_gate.register_metrics(metrics.registry_mut());
+    let clouds = match &config.state.dir {
+        Some(dir) => CloudIds::persistent(dir)?,
+        None => CloudIds::ephemeral()?,
+    };
+    if config.cloud.allowed_origins.admits_any() {
+        tracing::warn!("cloud.allowed_origins admits every origin: any webhook can make Tether dial anywhere with the app's init");
+    }
     let shared = Arc::new(Shared {
         metrics,
-        clouds: CloudTable::new(config.limits.max_clouds),
+        clouds,
+        webhook_gate,
+        refused_origins: FirstSeen::default(),
         sessions: Registry::default(),
         tls: crate::upstream::tls_config()?,
         local_advertise,
@@ -164,7 +183,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         let s = s.clone();
         async move {
             if req.method() == Method::POST && req.uri().path() == "/webhook" {
-                crate::webhook::intake::handle(s, req).await
+                crate::webhook::intake::handle(s, req, peer).await
             } else {
                 crate::downstream::proxy::handle(s, req, peer).await
             }
@@ -285,9 +304,15 @@ pub fn reload(shared: &Shared, path: &std::path::Path, forced: bool) {
             tracing::info!(key = %c.key, old = %c.old, new = %c.new, "config changed");
         }
     }
-    // What was bound stays bound.
+    // What was bound or built once stays as it was.
     new.listen = old.listen.clone();
     new.registration.enabled = old.registration.enabled;
+    new.state = old.state.clone();
+    new.limits.webhooks_in_flight = old.limits.webhooks_in_flight;
+    new.limits.webhook_rate_per_source = old.limits.webhook_rate_per_source;
+    new.limits.webhook_burst_per_source = old.limits.webhook_burst_per_source;
+    new.limits.webhook_rate = old.limits.webhook_rate;
+    new.limits.webhook_burst = old.limits.webhook_burst;
     if new.log.level != old.log.level {
         if let Err(e) = crate::logging::set_level(&new.log.level) {
             tracing::warn!(error = %e, "log level not changed");

@@ -79,10 +79,6 @@ fn readyz(shared: &Shared, verbose: bool) -> Response<Body> {
             if pass { "ok" } else { "failed" }
         ));
     }
-    body.push_str(&format!(
-        "sessions {}\nclouds {}\n",
-        shared.sessions.len(),
-        shared.clouds.len()
-    ));
+    body.push_str(&format!("sessions {}\n", shared.sessions.len()));
     text(status, body)
 }

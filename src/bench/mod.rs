@@ -102,6 +102,9 @@ async fn signal() -> &'static str {
     "SIGINT"
 }
 
+/// The origins of clouds emulated in this process: loopback, any port.
+pub const LOOPBACK_CLOUDS: &str = "ws://127.0.0.1:*";
+
 /// Starts Tether in this process with every listener on 127.0.0.1:0, the app at `app_url`
 /// (package [`PACKAGE`]), and `extra_yaml` (whole top-level sections other than `listen`
 /// and `app`) appended to the config.
@@ -111,7 +114,12 @@ async fn start_tether(app_url: &str, extra_yaml: &str) -> anyhow::Result<Running
     );
     // The key comes through the same override a deployment uses, never from this
     // process's environment.
-    let env = |k: &str| (k == "TETHER_API_KEY").then(|| BENCH_API_KEY.to_string());
+    let env = |k: &str| match k {
+        "TETHER_API_KEY" => Some(BENCH_API_KEY.to_string()),
+        // The emulated clouds listen on loopback ports chosen at run time.
+        "TETHER_CLOUD_ALLOWED_ORIGINS" => Some(LOOPBACK_CLOUDS.to_string()),
+        _ => None,
+    };
     let config = Config::from_sources(Some(&yaml), "bench", &env).context("bench config")?;
     let running = crate::runtime::start(config, CancellationToken::new()).await?;
     Ok(running)

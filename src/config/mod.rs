@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use crate::upstream::origins::{AllowList, DEFAULT_ALLOWED};
+
 pub use secret::Secret;
 
 /// The environment variables that override the file, and the key each one replaces.
@@ -26,6 +28,11 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("TETHER_API_KEY", "app.api_key (secret)"),
     ("TETHER_API_KEY_FILE", "app.api_key_file"),
     ("TETHER_CLOUD_WS_URL", "cloud.ws_url"),
+    (
+        "TETHER_CLOUD_ALLOWED_ORIGINS",
+        "cloud.allowed_origins (comma-separated)",
+    ),
+    ("TETHER_STATE_DIR", "state.dir"),
     ("TETHER_MAX_FRAME_BYTES", "limits.max_frame_bytes"),
     ("TETHER_LOG_LEVEL", "log.level"),
     ("TETHER_LOG_FORMAT", "log.format"),
@@ -94,6 +101,14 @@ struct RawConfig {
     registration: RawRegistration,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    state: RawState,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,6 +169,7 @@ struct RawCloud {
     reconnect_max_ms: Option<u64>,
     resurrection_wait_ms: Option<u64>,
     stop_hold_ms: Option<u64>,
+    allowed_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,7 +191,14 @@ struct RawLimits {
     max_webhook_body_bytes: Option<usize>,
     ws_read_buffer_bytes: Option<usize>,
     init_timeout_ms: Option<u64>,
+    /// Accepted for older files; cloud ids no longer need a table.
     max_clouds: Option<usize>,
+    max_webhook_record_bytes: Option<usize>,
+    webhooks_in_flight: Option<usize>,
+    webhook_rate_per_source: Option<u32>,
+    webhook_burst_per_source: Option<u32>,
+    webhook_rate: Option<u32>,
+    webhook_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,6 +219,14 @@ pub struct Config {
     pub buffer: BufferConfig,
     pub registration: RegistrationConfig,
     pub log: LogConfig,
+    pub state: StateConfig,
+}
+
+/// Where Tether keeps what must outlive its process.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StateConfig {
+    /// `None`: nothing is kept (cloud ids change with every restart).
+    pub dir: Option<PathBuf>,
 }
 
 /// Where Tether listens.
@@ -240,8 +271,11 @@ pub struct CloudConfig {
     /// After the cloud refuses a re-init, how long to wait for its resurrection webhooks.
     pub resurrection_wait: Duration,
     /// A `stop_request` for a session whose cloud link is down is held this long to see
-    /// whether the `session_request` of a resurrection follows.
+    /// whether the `session_request` of a resurrection follows, or the session's own cloud
+    /// socket confirms it (`app_stopped`, a final close); unconfirmed, it is dropped.
     pub stop_hold: Duration,
+    /// The only cloud origins Tether dials (and sends the app's init to).
+    pub allowed_origins: AllowList,
 }
 
 /// Registering the app server with the cloud (the seed design; the production cloud removed
@@ -267,8 +301,16 @@ pub struct Limits {
     pub max_webhook_body_bytes: usize,
     pub ws_read_buffer_bytes: usize,
     pub init_timeout: Duration,
-    /// Distinct cloud origins remembered from webhooks (webhooks are unauthenticated).
-    pub max_clouds: usize,
+    /// Bytes of webhook bodies kept for re-sending, across every session.
+    pub max_webhook_record_bytes: usize,
+    /// Webhooks read or relayed at once; past this a webhook is answered 503.
+    pub webhooks_in_flight: usize,
+    /// Webhooks per second (sustained, burst) from one source address (IPv6: one /64).
+    pub webhook_rate_per_source: u32,
+    pub webhook_burst_per_source: u32,
+    /// Webhooks per second (sustained, burst) from everyone together.
+    pub webhook_rate: u32,
+    pub webhook_burst: u32,
 }
 
 /// How sessions are held while the app is away.
@@ -374,6 +416,16 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Resul
     set(&mut raw.app.package_name, "TETHER_PACKAGE_NAME");
     set(&mut raw.app.api_key_file, "TETHER_API_KEY_FILE");
     set(&mut raw.cloud.ws_url, "TETHER_CLOUD_WS_URL");
+    set(&mut raw.state.dir, "TETHER_STATE_DIR");
+    if let Some(v) = env("TETHER_CLOUD_ALLOWED_ORIGINS") {
+        raw.cloud.allowed_origins = Some(
+            v.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect(),
+        );
+    }
     set(&mut raw.log.level, "TETHER_LOG_LEVEL");
     if let Some(v) = env("TETHER_MAX_FRAME_BYTES") {
         raw.limits.max_frame_bytes = Some(v.trim().parse().map_err(|_| {
@@ -433,6 +485,20 @@ fn millis(key: &str, value: Option<u64>, default: u64, max: u64) -> Result<Durat
         ));
     }
     Ok(Duration::from_millis(ms))
+}
+
+fn bounded<T>(key: &str, value: Option<T>, default: T, min: T, max: T) -> Result<T, ConfigError>
+where
+    T: PartialOrd + Copy + std::fmt::Display,
+{
+    let v = value.unwrap_or(default);
+    if v < min || v > max {
+        return Err(invalid(
+            key,
+            format!("must be between {min} and {max}, got {v}"),
+        ));
+    }
+    Ok(v)
 }
 
 fn ws_url(key: &str, text: &str) -> Result<Url, ConfigError> {
@@ -495,7 +561,7 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
             60_000,
         )?,
     };
-    let cloud = CloudConfig {
+    let mut cloud = CloudConfig {
         ws_url: match raw.cloud.ws_url.filter(|s| !s.trim().is_empty()) {
             Some(text) => Some(ws_url("cloud.ws_url", &text)?),
             None => None,
@@ -539,7 +605,25 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
             300_000,
         )?,
         stop_hold: millis("cloud.stop_hold_ms", raw.cloud.stop_hold_ms, 3_000, 60_000)?,
+        allowed_origins: AllowList::default(),
     };
+    // The configured cloud is always allowed: it is the operator's own statement.
+    let mut patterns: Vec<String> = match raw.cloud.allowed_origins {
+        Some(list) => list,
+        None => DEFAULT_ALLOWED.iter().map(|s| s.to_string()).collect(),
+    };
+    if let Some(origin) = cloud
+        .ws_url
+        .as_ref()
+        .and_then(crate::upstream::clouds::origin_of)
+    {
+        let text = origin.as_str().trim_end_matches('/').to_string();
+        if !patterns.contains(&text) {
+            patterns.push(text);
+        }
+    }
+    cloud.allowed_origins =
+        AllowList::parse(&patterns).map_err(|e| invalid("cloud.allowed_origins", e.to_string()))?;
     if cloud.reconnect_max < cloud.reconnect_base {
         return Err(invalid(
             "cloud.reconnect_max_ms",
@@ -604,7 +688,13 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
     }
     let limits = Limits {
         max_frame_bytes,
-        max_webhook_body_bytes: raw.limits.max_webhook_body_bytes.unwrap_or(1024 * 1024),
+        max_webhook_body_bytes: bounded(
+            "limits.max_webhook_body_bytes",
+            raw.limits.max_webhook_body_bytes,
+            64 << 10,
+            1024,
+            16 << 20,
+        )?,
         ws_read_buffer_bytes,
         init_timeout: millis(
             "limits.init_timeout_ms",
@@ -612,8 +702,55 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
             10_000,
             120_000,
         )?,
-        max_clouds: raw.limits.max_clouds.unwrap_or(64).max(1),
+        max_webhook_record_bytes: bounded(
+            "limits.max_webhook_record_bytes",
+            raw.limits.max_webhook_record_bytes,
+            4 << 20,
+            1024,
+            1 << 30,
+        )?,
+        webhooks_in_flight: bounded(
+            "limits.webhooks_in_flight",
+            raw.limits.webhooks_in_flight,
+            64,
+            1,
+            4096,
+        )?,
+        webhook_rate_per_source: bounded(
+            "limits.webhook_rate_per_source",
+            raw.limits.webhook_rate_per_source,
+            100,
+            1,
+            1_000_000,
+        )?,
+        webhook_burst_per_source: bounded(
+            "limits.webhook_burst_per_source",
+            raw.limits.webhook_burst_per_source,
+            500,
+            1,
+            1_000_000,
+        )?,
+        webhook_rate: bounded(
+            "limits.webhook_rate",
+            raw.limits.webhook_rate,
+            200,
+            1,
+            1_000_000,
+        )?,
+        webhook_burst: bounded(
+            "limits.webhook_burst",
+            raw.limits.webhook_burst,
+            1_000,
+            1,
+            1_000_000,
+        )?,
     };
+    if let Some(n) = raw.limits.max_clouds {
+        // Kept only so older files still load; say it does nothing now.
+        if n == 0 {
+            return Err(invalid("limits.max_clouds", "must be at least 1"));
+        }
+    }
     let rs = raw.session;
     let session = SessionConfig {
         hold_window: millis("session.hold_window_ms", rs.hold_window_ms, 60_000, 300_000)?,
@@ -637,7 +774,7 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
             100,
             5_000,
         )?,
-        webhook_hold: millis("session.webhook_hold_ms", rs.webhook_hold_ms, 8_000, 9_500)?,
+        webhook_hold: millis("session.webhook_hold_ms", rs.webhook_hold_ms, 4_000, 9_500)?,
         refire_concurrency: rs.refire_concurrency.unwrap_or(16).max(1),
     };
     let rb = raw.buffer;
@@ -659,6 +796,13 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
         level: raw.log.level.unwrap_or_else(|| "info".into()),
         format: raw.log.format.unwrap_or(LogFormat::Auto),
     };
+    let state = StateConfig {
+        dir: raw
+            .state
+            .dir
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| PathBuf::from(s.trim())),
+    };
     Ok(Config {
         listen,
         app,
@@ -668,6 +812,7 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
         buffer,
         registration,
         log,
+        state,
     })
 }
 

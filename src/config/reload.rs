@@ -13,6 +13,13 @@ pub const RESTART_KEYS: &[&str] = &[
     "listen.admin",
     "listen.local_advertise",
     "registration.enabled",
+    // Read once, when the limiters and the id key are made.
+    "limits.webhooks_in_flight",
+    "limits.webhook_rate_per_source",
+    "limits.webhook_burst_per_source",
+    "limits.webhook_rate",
+    "limits.webhook_burst",
+    "state.dir",
 ];
 
 /// One changed key.
@@ -64,6 +71,10 @@ impl Config {
             ("cloud.resurrection_wait_ms", ms(c.cloud.resurrection_wait)),
             ("cloud.stop_hold_ms", ms(c.cloud.stop_hold)),
             (
+                "cloud.allowed_origins",
+                c.cloud.allowed_origins.patterns().join(","),
+            ),
+            (
                 "limits.max_frame_bytes",
                 c.limits.max_frame_bytes.to_string(),
             ),
@@ -76,7 +87,28 @@ impl Config {
                 c.limits.ws_read_buffer_bytes.to_string(),
             ),
             ("limits.init_timeout_ms", ms(c.limits.init_timeout)),
-            ("limits.max_clouds", c.limits.max_clouds.to_string()),
+            (
+                "limits.max_webhook_record_bytes",
+                c.limits.max_webhook_record_bytes.to_string(),
+            ),
+            (
+                "limits.webhooks_in_flight",
+                c.limits.webhooks_in_flight.to_string(),
+            ),
+            (
+                "limits.webhook_rate_per_source",
+                c.limits.webhook_rate_per_source.to_string(),
+            ),
+            (
+                "limits.webhook_burst_per_source",
+                c.limits.webhook_burst_per_source.to_string(),
+            ),
+            ("limits.webhook_rate", c.limits.webhook_rate.to_string()),
+            ("limits.webhook_burst", c.limits.webhook_burst.to_string()),
+            (
+                "state.dir",
+                opt(c.state.dir.as_ref().map(|d| d.display().to_string())),
+            ),
             ("session.hold_window_ms", ms(c.session.hold_window)),
             ("session.intent_window_ms", ms(c.session.intent_window)),
             ("session.replay_wait_ms", ms(c.session.replay_wait)),

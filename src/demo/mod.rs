@@ -312,7 +312,11 @@ impl Demo {
         self.n.heading("start: Tether, the app, the cloud emulator");
         let app = peers::free_port()?;
         let yaml = self.plan.tether_yaml(app);
-        let cfg = Config::from_sources(Some(&yaml), "demo", &|_| None)
+        // The emulated cloud listens on a loopback port chosen at run time.
+        let env = |k: &str| {
+            (k == "TETHER_CLOUD_ALLOWED_ORIGINS").then(|| crate::bench::LOOPBACK_CLOUDS.to_string())
+        };
+        let cfg = Config::from_sources(Some(&yaml), "demo", &env)
             .context("the demo's Tether configuration is invalid")?;
         let running = runtime::start(cfg, CancellationToken::new())
             .await

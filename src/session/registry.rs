@@ -1,7 +1,7 @@
 //! Sessions by id: the live ones (each a task, reachable through its handle) and the recent
 //! webhooks that announced them. Shared by the listeners, the admin API and the tasks.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -11,9 +11,17 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Webhook records kept for routing the SDK's HTTP calls; webhooks are unauthenticated, so
-/// the table is bounded and the oldest record goes first.
+/// Webhook records kept for routing the SDK's HTTP calls and for re-sending; webhooks are
+/// unauthenticated, so the records are bounded in count and in bytes (the caller passes the
+/// byte budget) and the oldest go first, sparing those of live sessions while it can.
 pub const MAX_WEBHOOK_RECORDS: usize = 10_000;
+
+/// Bodies larger than this are not kept: a re-sent webhook is then rebuilt from the
+/// session's own fields. A real `session_request` is well under 1 KiB.
+pub const MAX_KEPT_BODY: usize = 16 * 1024;
+
+/// Bookkeeping bytes charged per record on top of its strings.
+const RECORD_OVERHEAD: usize = 128;
 
 /// What a `session_request` told Tether about a session.
 #[derive(Debug, Clone)]
@@ -21,10 +29,57 @@ pub struct WebhookRecord {
     pub user_id: Option<String>,
     pub cloud_id: String,
     pub at: Instant,
-    /// The body as forwarded to the app (URLs rewritten), for re-sending after a restart.
+    /// The body as forwarded to the app (URLs rewritten), for re-sending after a restart;
+    /// empty when it was too large to keep.
     pub body: Bytes,
 }
 
+impl WebhookRecord {
+    fn cost(&self, session_id: &str) -> usize {
+        RECORD_OVERHEAD
+            + session_id.len()
+            + self.user_id.as_ref().map_or(0, String::len)
+            + self.cloud_id.len()
+            + self.body.len()
+    }
+}
+
+/// Webhook records in arrival order.
+#[derive(Debug, Default)]
+struct Records {
+    by_id: HashMap<String, (u64, WebhookRecord)>,
+    order: BTreeMap<u64, String>,
+    next: u64,
+    bytes: usize,
+}
+
+impl Records {
+    fn remove(&mut self, id: &str) {
+        if let Some((seq, rec)) = self.by_id.remove(id) {
+            self.order.remove(&seq);
+            self.bytes = self.bytes.saturating_sub(rec.cost(id));
+        }
+    }
+
+    /// Evicts until `extra` more bytes and one more record fit; records whose session is
+    /// live (per `live`) go last.
+    fn make_room(&mut self, extra: usize, max_bytes: usize, live: &dyn Fn(&str) -> bool) {
+        let over =
+            |r: &Records| r.by_id.len() >= MAX_WEBHOOK_RECORDS || r.bytes + extra > max_bytes;
+        while over(self) && !self.order.is_empty() {
+            let victim = self
+                .order
+                .values()
+                .find(|id| !live(id))
+                .or_else(|| self.order.values().next())
+                .cloned();
+            match victim {
+                Some(id) => self.remove(&id),
+                None => break,
+            }
+        }
+    }
+}
 /// Live figures of one session, written by its task and read by the admin API.
 #[derive(Debug)]
 pub struct SessionInfo {
@@ -108,35 +163,41 @@ pub struct SessionRow {
 #[derive(Debug, Default)]
 pub struct Registry {
     live: Mutex<HashMap<String, SessionHandle>>,
-    webhooks: Mutex<HashMap<String, WebhookRecord>>,
+    webhooks: Mutex<Records>,
 }
 
 impl Registry {
-    /// Records a webhook for `session_id`, evicting the oldest record when full.
-    pub fn note_webhook(&self, session_id: &str, record: WebhookRecord) {
+    /// Records a webhook for `session_id` (replacing its previous one), within
+    /// `max_bytes` for all records together: the oldest records go first, those of live
+    /// sessions last. A body over [`MAX_KEPT_BODY`] is not kept.
+    pub fn note_webhook(&self, session_id: &str, mut record: WebhookRecord, max_bytes: usize) {
+        if record.body.len() > MAX_KEPT_BODY {
+            record.body = Bytes::new();
+        }
+        let cost = record.cost(session_id);
         let mut table = lock(&self.webhooks);
-        if table.len() >= MAX_WEBHOOK_RECORDS && !table.contains_key(session_id) {
-            if let Some(oldest) = table
-                .iter()
-                .min_by_key(|(_, r)| r.at)
-                .map(|(k, _)| k.clone())
-            {
-                table.remove(&oldest);
-            }
-        }
-        table.insert(session_id.to_string(), record);
-    }
-
-    /// Stores the forwarded body of `session_id`'s webhook, for re-sending.
-    pub fn set_webhook_body(&self, session_id: &str, body: Bytes) {
-        if let Some(rec) = lock(&self.webhooks).get_mut(session_id) {
-            rec.body = body;
-        }
+        table.remove(session_id);
+        let live = |id: &str| lock(&self.live).contains_key(id);
+        table.make_room(cost, max_bytes, &live);
+        let seq = table.next;
+        table.next += 1;
+        table.order.insert(seq, session_id.to_string());
+        table.bytes += cost;
+        table.by_id.insert(session_id.to_string(), (seq, record));
     }
 
     /// The webhook record of `session_id`.
     pub fn webhook(&self, session_id: &str) -> Option<WebhookRecord> {
-        lock(&self.webhooks).get(session_id).cloned()
+        lock(&self.webhooks)
+            .by_id
+            .get(session_id)
+            .map(|(_, r)| r.clone())
+    }
+
+    /// Records kept, and the bytes they are charged.
+    pub fn webhook_usage(&self) -> (usize, usize) {
+        let t = lock(&self.webhooks);
+        (t.by_id.len(), t.bytes)
     }
 
     /// Installs `handle` as the live task of its session; returns the one it replaces.
@@ -259,20 +320,49 @@ mod tests {
         assert!(r.is_empty());
     }
 
+    fn record(at: Instant, body: usize) -> WebhookRecord {
+        WebhookRecord {
+            user_id: None,
+            cloud_id: "x".into(),
+            at,
+            body: Bytes::from(vec![b'a'; body]),
+        }
+    }
+
     #[test]
-    fn webhook_records_are_bounded() {
+    fn webhook_records_are_bounded_in_count() {
         let r = Registry::default();
         let t0 = Instant::now();
         for i in 0..=MAX_WEBHOOK_RECORDS {
-            let rec = WebhookRecord {
-                user_id: None,
-                cloud_id: "x".into(),
-                at: t0 + std::time::Duration::from_millis(i as u64),
-                body: Bytes::new(),
-            };
-            r.note_webhook(&format!("s{i}"), rec);
+            r.note_webhook(&format!("s{i}"), record(t0, 0), usize::MAX);
         }
         assert!(r.webhook("s0").is_none(), "oldest evicted");
         assert!(r.webhook(&format!("s{MAX_WEBHOOK_RECORDS}")).is_some());
+        assert_eq!(r.webhook_usage().0, MAX_WEBHOOK_RECORDS);
+    }
+
+    #[test]
+    fn webhook_records_are_bounded_in_bytes_and_spare_live_sessions() {
+        let r = Registry::default();
+        let t0 = Instant::now();
+        let budget = 64 * 1024;
+        r.note_webhook("live", record(t0, 1000), budget);
+        r.insert(handle("live"));
+        for i in 0..500 {
+            r.note_webhook(&format!("forged{i}"), record(t0, 1000), budget);
+            assert!(r.webhook_usage().1 <= budget);
+        }
+        assert!(
+            r.webhook("live").is_some(),
+            "a live session's record is spared"
+        );
+        assert!(r.webhook("forged0").is_none());
+        // An oversized body is not kept, the record is.
+        r.note_webhook("big", record(t0, MAX_KEPT_BODY + 1), budget);
+        assert_eq!(r.webhook("big").map(|w| w.body.len()), Some(0));
+        // Replacing a record does not leak its old cost.
+        let before = r.webhook_usage().1;
+        r.note_webhook("big", record(t0, 0), budget);
+        assert_eq!(r.webhook_usage().1, before);
     }
 }

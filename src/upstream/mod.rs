@@ -4,6 +4,7 @@
 pub mod clouds;
 pub mod connect;
 pub mod http;
+pub mod origins;
 
 use std::sync::Arc;
 

@@ -4,7 +4,9 @@
 //! attempt, so the app gets a little less (`app.webhook_timeout_ms`) and the cloud always
 //! hears back in time.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -13,25 +15,45 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{local_url, parse_session_request, WebhookError};
+use super::limit::Refusal;
+use super::{local_url, parse_session_request};
 use crate::downstream::proxy;
 use crate::runtime::Shared;
 use crate::serve::{full, json, json_error, Body};
-use crate::session::registry::{Registry, WebhookRecord};
+use crate::session::registry::WebhookRecord;
 use crate::session::task::Command;
 use std::sync::atomic::Ordering;
 
-/// Handles one webhook POST.
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+/// How long a webhook body may take to arrive.
+const BODY_READ: Duration = Duration::from_secs(10);
+
+/// Handles one webhook POST from `peer`.
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    // Admission first, before a byte of the body is read.
+    let _permit = match shared.webhook_gate.admit(peer.ip()) {
+        Ok(p) => p,
+        Err(refusal) => return refused(refusal, peer),
+    };
     let (parts, body) = req.into_parts();
     let limit = shared.config().limits.max_webhook_body_bytes;
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+    let bytes = match tokio::time::timeout(BODY_READ, Limited::new(body, limit).collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
             shared.metrics.webhook("unreadable", "rejected");
             return json_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("webhook body unreadable or over {limit} bytes: {e}"),
+            );
+        }
+        Err(_) => {
+            shared.metrics.webhook("unreadable", "rejected");
+            return json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("webhook body not received within {} s", BODY_READ.as_secs()),
             );
         }
     };
@@ -48,11 +70,28 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
         Some("stop_request") => return stop(shared, parts, bytes, &obj).await,
         _ => return relay(&shared, parts, bytes, "other").await,
     }
-    if let Some(resp) = absorb(&shared, &obj).await {
+    let req = match parse_session_request(&obj) {
+        Ok(r) => r,
+        Err(e) => {
+            shared.metrics.webhook("session_request", "rejected");
+            tracing::warn!(error = %e, "session_request rejected");
+            return json_error(StatusCode::BAD_REQUEST, &e.to_string());
+        }
+    };
+    // A webhook is a claim, not an order: nothing naming an origin off the allowlist reaches
+    // the app, so nothing can make Tether dial there with the app's init.
+    if let Some((_, url)) = req
+        .urls
+        .iter()
+        .find(|(_, u)| !shared.config().cloud.allowed_origins.admits(u))
+    {
+        return forbidden_origin(&shared, url, peer);
+    }
+    if let Some(resp) = absorb(&shared, &req).await {
         return resp;
     }
-    let session_id = match rewrite(&shared, &mut obj) {
-        Ok(id) => id,
+    let (session_id, record) = match rewrite(&shared, &req, &mut obj) {
+        Ok(r) => r,
         Err(e) => {
             shared.metrics.webhook("session_request", "rejected");
             tracing::warn!(error = %e, "session_request rejected");
@@ -60,41 +99,67 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
         }
     };
     let body = Bytes::from(serde_json::to_vec(&Value::Object(obj)).unwrap_or_default());
-    shared.sessions.set_webhook_body(&session_id, body.clone());
+    shared.sessions.note_webhook(
+        &session_id,
+        WebhookRecord {
+            body: body.clone(),
+            ..record
+        },
+        shared.config().limits.max_webhook_record_bytes,
+    );
     wait_for_app(&shared).await;
     relay(&shared, parts, body, "session_request").await
 }
 
+/// 429 (rate) or 503 (busy), with `Retry-After`, counted.
+fn refused(refusal: Refusal, peer: SocketAddr) -> Response<Body> {
+    tracing::debug!(%peer, limiter = refusal.label(), "webhook refused");
+    let (status, message) = match refusal {
+        Refusal::Busy => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many webhooks in progress; retry shortly",
+        ),
+        _ => (StatusCode::TOO_MANY_REQUESTS, "webhook rate limit exceeded"),
+    };
+    let mut resp = json_error(status, message);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&refusal.retry_after_secs().to_string()) {
+        resp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+    }
+    resp
+}
+
+/// 403 for a webhook naming an origin off the allowlist: counted, and logged once per origin
+/// with how to allow it.
+fn forbidden_origin(shared: &Shared, url: &url::Url, peer: SocketAddr) -> Response<Body> {
+    shared
+        .metrics
+        .webhook("session_request", "forbidden_origin");
+    let origin = crate::upstream::clouds::origin_of(url)
+        .map(|o| o.as_str().trim_end_matches('/').to_string())
+        .unwrap_or_else(|| url.to_string());
+    if shared.refused_origins.first_time(&origin) {
+        tracing::warn!(
+            %origin, %peer,
+            "session_request names a cloud origin that is not allowed; refused. If this is \
+             your cloud, add it to cloud.allowed_origins (or TETHER_CLOUD_ALLOWED_ORIGINS)"
+        );
+    }
+    json_error(
+        StatusCode::FORBIDDEN,
+        &format!("cloud origin {origin} is not allowed"),
+    )
+}
+
 /// A `session_request` for a session Tether already holds never reaches the app: a
 /// cloud retry of a slow webhook is answered here (the SDK would tear its socket down for
-/// it), and a resurrection of a session whose cloud link is down heals that link in place.
-async fn absorb(shared: &Shared, obj: &serde_json::Map<String, Value>) -> Option<Response<Body>> {
-    let req = parse_session_request(obj).ok()?;
+/// it), and a resurrection (a start after a held stop, or while the cloud link is down)
+/// heals that link in place. The caller has checked that every URL in it is allowed.
+async fn absorb(shared: &Shared, req: &super::SessionRequest) -> Option<Response<Body>> {
     let handle = shared.sessions.get(&req.session_id)?;
-    if handle.info.stopping.load(Ordering::Relaxed) {
-        return None;
-    }
     let success = || json(StatusCode::OK, &serde_json::json!({"status": "success"}));
     let after_held_stop = handle.info.stop_held.swap(false, Ordering::Relaxed);
     if after_held_stop || *handle.info.phase.borrow() == "cloud_down" {
-        // The URL a v2 SDK would dial (§2.1): mentraOS first, then the legacy field.
-        let preferred = [
-            "mentraOSWebsocketUrl",
-            "augmentOSWebsocketUrl",
-            "websocketUrl",
-        ];
-        let url = preferred
-            .iter()
-            .find_map(|f| {
-                req.urls
-                    .iter()
-                    .find(|(name, _)| name == f)
-                    .map(|(_, u)| u.clone())
-            })
-            .or_else(|| shared.config().cloud.ws_url.clone())?;
-        if shared.clouds.register(&url).is_err() {
-            return None;
-        }
+        let url = preferred_url(&req.urls).or_else(|| shared.config().cloud.ws_url.clone())?;
         handle.info.resurrections.fetch_add(1, Ordering::Relaxed);
         let _ = handle.mailbox.send(Command::Resurrect(url)).await;
         shared.metrics.webhook("session_request", "healed");
@@ -107,10 +172,27 @@ async fn absorb(shared: &Shared, obj: &serde_json::Map<String, Value>) -> Option
     Some(success())
 }
 
-/// A `stop_request`: normally passed to the app, which then closes its socket (a meant
-/// end). While the session's cloud link is down it may be the first half of a resurrection
-/// (stop, then start, §10.3): it is answered here and held; if no start follows within
-/// `cloud.stop_hold_ms` it goes to the app after all.
+/// The URL a v2 SDK would dial (§2.1): mentraOS first, then the legacy field.
+fn preferred_url(urls: &[(String, url::Url)]) -> Option<url::Url> {
+    [
+        "mentraOSWebsocketUrl",
+        "augmentOSWebsocketUrl",
+        "websocketUrl",
+    ]
+    .iter()
+    .find_map(|f| {
+        urls.iter()
+            .find(|(name, _)| name == f)
+            .map(|(_, u)| u.clone())
+    })
+}
+
+/// A `stop_request` for a session Tether holds. The webhook is unauthenticated, so it is a
+/// claim: the cloud answers its own stop on the session's socket (`app_stopped`, then close
+/// 1000 "App stopped", PROTOCOL §10.4), and a resurrection follows it with a start (§10.3).
+/// So the stop is answered here at once and held: it goes to the app only once the session
+/// has ended (its cloud confirmed, or refused it); a start that follows heals the session in
+/// place; a stop nothing confirms within `cloud.stop_hold_ms` is dropped and counted.
 async fn stop(
     shared: Arc<Shared>,
     parts: http::request::Parts,
@@ -124,34 +206,33 @@ async fn stop(
     let Some(handle) = handle else {
         return relay(&shared, parts, bytes, "stop_request").await;
     };
-    // A stop may open a resurrection while the link is down, and also just after a heal:
-    // a cloud that handled the old socket's close after the new init dropped the session
-    // over a link that looks healthy (PROTOCOL §10.5).
-    let recently_healed = Registry::healed_within(
-        &handle.info,
-        shared.config().cloud.resurrection_wait,
-        Instant::now(),
-    );
-    if *handle.info.phase.borrow() != "cloud_down" && !recently_healed {
-        handle.info.stopping.store(true, Ordering::Relaxed);
-        let _ = handle.mailbox.send(Command::StopRequested).await;
-        return relay(&shared, parts, bytes, "stop_request").await;
-    }
     shared.metrics.webhook("stop_request", "held");
     handle.info.stop_held.store(true, Ordering::Relaxed);
     let before = handle.info.resurrections.load(Ordering::Relaxed);
     let hold = shared.config().cloud.stop_hold;
     let tracker = shared.tracker.clone();
     tracker.spawn(async move {
-        tokio::time::sleep(hold).await;
+        let mut done = handle.done.clone();
+        let ended = tokio::select! {
+            () = shared.cancel.cancelled() => return,
+            r = tokio::time::timeout(hold, done.wait_for(|d| *d)) => r.is_ok(),
+        };
         if handle.info.resurrections.load(Ordering::Relaxed) != before {
+            // A start followed: the session was healed in place, the stop was its first half.
             return;
         }
         handle.info.stop_held.store(false, Ordering::Relaxed);
-        tracing::info!(session_id = %handle.info.id, "no resurrection followed the stop; passing it on");
-        handle.info.stopping.store(true, Ordering::Relaxed);
-        let _ = handle.mailbox.send(Command::StopRequested).await;
-        let _ = relay(&shared, parts, bytes, "stop_request").await;
+        if ended {
+            tracing::info!(session_id = %handle.info.id, "stop confirmed by the session's end; passing it on");
+            shared.metrics.webhook("stop_request", "confirmed");
+            let _ = relay(&shared, parts, bytes, "stop_request").await;
+        } else {
+            tracing::warn!(
+                session_id = %handle.info.id,
+                "stop_request not confirmed by the session's cloud; dropped (forged or stale)"
+            );
+            shared.metrics.webhook("stop_request", "unconfirmed");
+        }
     });
     json(StatusCode::OK, &serde_json::json!({"status": "success"}))
 }
@@ -175,13 +256,13 @@ async fn wait_for_app(shared: &Shared) {
     }
 }
 
-/// Records the session and points every WebSocket URL field at the local listener; returns
-/// the session id.
+/// Points every WebSocket URL field at the local listener; returns the session id and the
+/// record to keep (its body is set by the caller).
 fn rewrite(
     shared: &Shared,
+    req: &super::SessionRequest,
     obj: &mut serde_json::Map<String, Value>,
-) -> Result<String, RewriteError> {
-    let req = parse_session_request(obj)?;
+) -> Result<(String, WebhookRecord), RewriteError> {
     let mut urls = req.urls.clone();
     if urls.is_empty() {
         // An era or emulator that names no URL: use the configured cloud, and fill both
@@ -209,23 +290,20 @@ fn rewrite(
             cloud_id = id;
         }
     }
-    tracing::info!(session_id = %req.session_id, hop = "cloud", cloud = %cloud_id, "session_request");
-    shared.sessions.note_webhook(
-        &req.session_id,
+    tracing::info!(session_id = %req.session_id, hop = "cloud", "session_request");
+    Ok((
+        req.session_id.clone(),
         WebhookRecord {
-            user_id: req.user_id,
+            user_id: req.user_id.clone(),
             cloud_id,
             at: Instant::now(),
             body: Bytes::new(),
         },
-    );
-    Ok(req.session_id)
+    ))
 }
 
 #[derive(Debug, thiserror::Error)]
 enum RewriteError {
-    #[error(transparent)]
-    Parse(#[from] WebhookError),
     #[error("session_request carries no WebSocket URL and cloud.ws_url is not configured")]
     NoCloud,
     #[error("{0}")]

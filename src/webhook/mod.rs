@@ -3,6 +3,7 @@
 //! ([`intake`]).
 
 pub mod intake;
+pub mod limit;
 
 use serde_json::{Map, Value};
 use url::Url;

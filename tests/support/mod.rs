@@ -57,6 +57,9 @@ impl Tether {
             .env("TETHER_LOCAL_LISTEN", "127.0.0.1:0")
             .env("TETHER_ADMIN_LISTEN", "127.0.0.1:0")
             .env("TETHER_LOG_FORMAT", "json")
+            // The fake clouds listen on loopback ports chosen at run time; tests of the
+            // allowlist itself override this.
+            .env("TETHER_CLOUD_ALLOWED_ORIGINS", "ws://127.0.0.1:*")
             .env("RUST_LOG", "tether=debug,info");
         for (k, v) in env {
             cmd.env(k, v);
