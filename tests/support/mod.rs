@@ -182,6 +182,13 @@ impl FakeCloud {
         FakeCloud { listener, addr }
     }
 
+    /// Whether anything connects within `d` (the connection is dropped).
+    pub async fn connected_within(&self, d: Duration) -> bool {
+        tokio::time::timeout(d, self.listener.accept())
+            .await
+            .is_ok()
+    }
+
     /// The cloud's app WebSocket URL.
     pub fn ws_url(&self) -> String {
         format!("ws://{}/app-ws", self.addr)
@@ -260,6 +267,14 @@ impl FakeApp {
     /// The app's base URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The next webhook body the app receives within `d`, if any.
+    pub async fn webhook_within(&mut self, d: Duration) -> Option<serde_json::Value> {
+        tokio::time::timeout(d, self.webhooks.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The next webhook body the app received.
