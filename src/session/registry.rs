@@ -96,8 +96,6 @@ pub struct SessionInfo {
     pub recoveries: AtomicU64,
     /// Milliseconds since `started` of the last recovery (0 = none).
     pub last_recovery_ms: AtomicU64,
-    /// A `stop_request` for this session was passed to the app: what follows is meant.
-    pub stopping: AtomicBool,
     /// Resurrection webhooks the cloud sent for this session (healed in place).
     pub resurrections: AtomicU64,
     /// A `stop_request` is being held to see whether a resurrection's start follows.
@@ -121,7 +119,6 @@ impl SessionInfo {
             oldest_buffered_at: AtomicU64::new(0),
             recoveries: AtomicU64::new(0),
             last_recovery_ms: AtomicU64::new(0),
-            stopping: AtomicBool::new(false),
             resurrections: AtomicU64::new(0),
             stop_held: AtomicBool::new(false),
             last_cloud_heal: AtomicU64::new(0),
@@ -213,17 +210,6 @@ impl Registry {
             .is_some_and(|h| Arc::ptr_eq(&h.info, info))
         {
             live.remove(&info.id);
-        }
-    }
-
-    /// Whether `info`'s cloud link was healed less than `within` ago.
-    pub fn healed_within(info: &SessionInfo, within: std::time::Duration, now: Instant) -> bool {
-        match info.last_cloud_heal.load(Ordering::Relaxed) {
-            0 => false,
-            at => {
-                let now_ms = now.saturating_duration_since(info.started).as_millis() as u64;
-                now_ms.saturating_sub(at - 1) < within.as_millis() as u64
-            }
         }
     }
 
