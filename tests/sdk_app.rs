@@ -247,3 +247,97 @@ async fn a_dropped_cloud_link_is_invisible_to_the_sdk_app() {
     assert_eq!(rec["stops"], serde_json::json!([]), "onStop never ran");
     cloud.shutdown().await;
 }
+
+#[tokio::test]
+async fn forged_webhooks_change_nothing_for_a_real_sdk_session() {
+    let app = SdkApp::start().await;
+    let tether = Tether::spawn(&[("TETHER_APP_URL", app.url())]).await;
+    let cloud = cloud_for(tether.public, Some(20)).await;
+    let user = "sdk4@example.com";
+    let id = sid(user);
+    assert_eq!(
+        cloud.start_session(user).await.expect("start"),
+        StartOutcome::Running
+    );
+    eventually("the stream to flow", || async {
+        app.transcriptions(&id).await.len() >= 20
+    })
+    .await;
+    // A stranger on loopback but off the allowlist (127.0.0.2), claiming the live session:
+    // a stop, a resurrection's start naming itself, random starts, and malformed bodies.
+    let attacker = tokio::net::TcpListener::bind("127.0.0.2:0")
+        .await
+        .expect("bind 127.0.0.2");
+    let evil = format!("ws://{}/app-ws", attacker.local_addr().expect("addr"));
+    let hook = format!("http://{}/webhook", tether.public);
+    let stop = serde_json::json!({"type":"stop_request","sessionId":id,"userId":user,"reason":"user_disabled"});
+    let start = |sid: &str| {
+        serde_json::json!({"type":"session_request","sessionId":sid,"userId":user,
+            "mentraOSWebsocketUrl":evil,"augmentOSWebsocketUrl":evil,"websocketUrl":evil})
+    };
+    assert_eq!(http::post_json(&hook, &stop).await.status, 200);
+    assert_eq!(http::post_json(&hook, &start(&id)).await.status, 403);
+    for i in 0..50 {
+        let r = http::post_json(&hook, &start(&format!("x{i}@evil.example-{PACKAGE}"))).await;
+        assert_eq!(r.status, 403);
+    }
+    for junk in [
+        &b"{"[..],
+        b"[]",
+        b"{\"type\":\"session_request\"}",
+        b"\xff\xfe",
+    ] {
+        let r = http::request(
+            "POST",
+            &hook,
+            &[("content-type", "application/json")],
+            bytes::Bytes::from_static(junk),
+        )
+        .await;
+        assert!(
+            r.status < 500 || r.status == 502,
+            "{}: {}",
+            r.status,
+            r.text()
+        );
+    }
+    let before = app.transcriptions(&id).await.last().copied().unwrap_or(0);
+    eventually("the stream to go on", || async {
+        app.transcriptions(&id)
+            .await
+            .last()
+            .is_some_and(|s| *s >= before + 100)
+    })
+    .await;
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), attacker.accept())
+            .await
+            .is_err(),
+        "the stranger was dialled"
+    );
+    let got = app.transcriptions(&id).await;
+    assert!(
+        got.windows(2).all(|w| w[0] + 1 == w[1]),
+        "every event, in order"
+    );
+    let received = http::get(&format!("{}/received", app.url())).await.json();
+    let rec = &received["sessions"][id.as_str()];
+    assert_eq!(rec["starts"], 1, "onSession ran once");
+    assert_eq!(
+        rec["stops"],
+        serde_json::json!([]),
+        "the forged stop never reached onStop"
+    );
+    let stats = cloud.stats(&id).expect("stats");
+    assert_eq!((stats.inits, stats.app_disconnects), (1, 0));
+    // The cloud's own stop still ends it, and the app's onStop runs.
+    cloud.stop_session(&id).await.expect("stop");
+    eventually("onStop to run", || async {
+        let v = http::get(&format!("{}/received", app.url())).await.json();
+        v["sessions"][id.as_str()]["stops"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    cloud.shutdown().await;
+}
