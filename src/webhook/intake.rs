@@ -209,6 +209,7 @@ async fn stop(
     shared.metrics.webhook("stop_request", "held");
     handle.info.stop_held.store(true, Ordering::Relaxed);
     let before = handle.info.resurrections.load(Ordering::Relaxed);
+    let held_at = Instant::now();
     let hold = shared.config().cloud.stop_hold;
     let tracker = shared.tracker.clone();
     tracker.spawn(async move {
@@ -222,7 +223,15 @@ async fn stop(
             return;
         }
         handle.info.stop_held.store(false, Ordering::Relaxed);
-        if ended {
+        // A start for the same session after this stop (the user switched the app off and
+        // on) belongs to a new session the stop must not end.
+        let restarted = shared
+            .sessions
+            .webhook(&handle.info.id)
+            .is_some_and(|r| r.at > held_at);
+        if ended && restarted {
+            shared.metrics.webhook("stop_request", "superseded");
+        } else if ended {
             tracing::info!(session_id = %handle.info.id, "stop confirmed by the session's end; passing it on");
             shared.metrics.webhook("stop_request", "confirmed");
             let _ = relay(&shared, parts, bytes, "stop_request").await;
