@@ -585,7 +585,13 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
             10_000,
             600_000,
         )?,
-        heartbeat_misses: raw.cloud.heartbeat_misses.unwrap_or(3).max(1),
+        heartbeat_misses: bounded(
+            "cloud.heartbeat_misses",
+            raw.cloud.heartbeat_misses,
+            3,
+            1,
+            100,
+        )?,
         reconnect_base: millis(
             "cloud.reconnect_base_ms",
             raw.cloud.reconnect_base_ms,
@@ -836,6 +842,16 @@ mod tests {
         assert_eq!(c.listen.local.to_string(), "127.0.0.1:8081");
         assert_eq!(c.app.url.as_str(), "http://127.0.0.1:7010/");
         assert_eq!(c.limits.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
+        // A held webhook must still leave the app time inside the cloud's 5 s start window.
+        assert!(c.session.webhook_hold < Duration::from_secs(5));
+        assert!(c
+            .cloud
+            .allowed_origins
+            .admits(&Url::parse("wss://api.mentra.glass/app-ws").expect("url")));
+        assert!(!c
+            .cloud
+            .allowed_origins
+            .admits(&Url::parse("ws://127.0.0.1:1/app-ws").expect("url")));
     }
 
     #[test]
