@@ -103,11 +103,12 @@ async fn signal() -> &'static str {
 }
 
 /// Starts Tether in this process with every listener on 127.0.0.1:0, the app at `app_url`
-/// (package [`PACKAGE`]), and `extra_yaml` (whole top-level sections other than `listen`
-/// and `app`) appended to the config.
+/// (package [`PACKAGE`]), and `extra_yaml` (whole top-level sections other than `listen`,
+/// `app` and `admin`) appended to the config. `/sessions` shows user ids as they are: the
+/// benches find their sessions there by id, on loopback.
 async fn start_tether(app_url: &str, extra_yaml: &str) -> anyhow::Result<Running> {
     let yaml = format!(
-        "version: 1\nlisten:\n  public: 127.0.0.1:0\n  local: 127.0.0.1:0\n  admin: 127.0.0.1:0\napp:\n  url: {app_url}\n  package_name: {PACKAGE}\n{extra_yaml}"
+        "version: 1\nlisten:\n  public: 127.0.0.1:0\n  local: 127.0.0.1:0\n  admin: 127.0.0.1:0\napp:\n  url: {app_url}\n  package_name: {PACKAGE}\nadmin:\n  show_user_ids: true\n{extra_yaml}"
     );
     // The key comes through the same override a deployment uses, never from this
     // process's environment.

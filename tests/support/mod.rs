@@ -57,7 +57,9 @@ impl Tether {
             .env("TETHER_LOCAL_LISTEN", "127.0.0.1:0")
             .env("TETHER_ADMIN_LISTEN", "127.0.0.1:0")
             .env("TETHER_LOG_FORMAT", "json")
-            .env("RUST_LOG", "tether=debug,info");
+            .env("RUST_LOG", "tether=debug,info")
+            // Tests find their sessions in /sessions by id; a test of the masking overrides it.
+            .env("TETHER_ADMIN_SHOW_USER_IDS", "true");
         for (k, v) in env {
             cmd.env(k, v);
         }
