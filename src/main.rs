@@ -44,6 +44,14 @@ enum Command {
         /// (host:port) would change.
         #[arg(long)]
         against: Option<String>,
+        /// The admin token of the Tether named by --against, sent as `Authorization: Bearer`.
+        #[arg(
+            long,
+            env = "TETHER_ADMIN_TOKEN",
+            hide_env_values = true,
+            value_parser = tether::status::parse_secret
+        )]
+        token: Option<tether::config::Secret>,
     },
     /// Show a running Tether's readiness and sessions (asks its admin listener).
     Status(tether::status::StatusArgs),
@@ -124,7 +132,11 @@ fn init_tracing(level: &str, format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file, against } => match Config::load(Some(&file)) {
+        Command::CheckConfig {
+            file,
+            against,
+            token,
+        } => match Config::load(Some(&file)) {
             Ok(cfg) => {
                 // A closed stdout (`| head`) is not an error worth a panic.
                 let mut out = std::io::stdout();
@@ -136,7 +148,7 @@ fn main() -> ExitCode {
                     return ExitCode::SUCCESS;
                 };
                 runtime(async move {
-                    let running = tether::status::running_config(&admin).await?;
+                    let running = tether::status::running_config(&admin, token.as_ref()).await?;
                     let changes = tether::config::reload::diff(&running, &cfg.entries());
                     if changes.is_empty() {
                         let _ = writeln!(out, "a reload would change nothing");
