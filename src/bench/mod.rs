@@ -60,11 +60,14 @@ pub enum BenchCommand {
 /// the figures, not as an error.
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     // `tether run` sets up logging from its config; a bench has none, so RUST_LOG opts in
-    // (on stderr, to keep stdout for the report).
+    // (on stderr, to keep stdout for the report), under the same secret cap as `tether run`.
     if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        let _ = tracing_subscriber::registry()
+            .with(tracing_subscriber::EnvFilter::from_default_env())
+            .with(crate::logging::cap())
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .try_init();
     }
     let bench = async {
