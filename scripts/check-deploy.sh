@@ -147,6 +147,10 @@ expect_failure "template rejects apiKey.value and existingSecret together" 'not 
   "$HELM" template ci "$CHART" --set tether.apiKey.value=x --set tether.apiKey.existingSecret=y
 expect_failure "template rejects tether.config.listen (derived from tether.ports)" 'derived from tether.ports' \
   "$HELM" template ci "$CHART" --set tether.config.listen.public=0.0.0.0:1
+expect_failure "template rejects adminToken.generate and existingSecret together" 'not both' \
+  "$HELM" template ci "$CHART" --set tether.adminToken.generate=true --set tether.adminToken.existingSecret=y
+expect_failure "lint rejects an admin token inside tether.config" 'token' \
+  "$HELM" lint --strict "$CHART" --set tether.config.admin.token=secret
 
 # ---------------------------------------------------------------- helm template + kubernetes-validate
 SENTINEL="tether-ci-sentinel-api-key-3f9c2b"
@@ -160,7 +164,7 @@ validate() { # validate FILE KUBEVER: the rendered stream on stdin, as `helm tem
 
 log "helm template | kubernetes-validate --strict"
 for kv in $KUBE_VERSIONS; do
-  for variant in default created-secret existing-secret sidecar-only monitoring; do
+  for variant in default created-secret existing-secret sidecar-only monitoring admin-token; do
     args=()
     case "$variant" in
       default) ;;
@@ -170,6 +174,7 @@ for kv in $KUBE_VERSIONS; do
       # PodMonitor/ServiceMonitor render only when the CRD API is present: fake it.
       monitoring) args=(--api-versions monitoring.coreos.com/v1 --set metrics.podMonitor.enabled=true
                         --set metrics.serviceMonitor.enabled=true) ;;
+      admin-token) args=(--set tether.adminToken.generate=true) ;;
     esac
     f="$WORK/render-$variant-$kv.yaml"
     run "render $variant (k8s $kv)" render "$f" "$kv" "${args[@]}"
@@ -409,6 +414,25 @@ if a.mode == "created-secret":
     ann = (tpl.get("metadata") or {}).get("annotations") or {}
     check("configChange=reload (default) adds no checksum annotation", not any(k.startswith("checksum/") for k in ann), ann)
 
+# ---- admin token (for /sessions and /config)
+tok = env.get("TETHER_ADMIN_TOKEN")
+tref = ((tok or {}).get("valueFrom") or {}).get("secretKeyRef") or {}
+if tok is not None:
+    check("admin token: TETHER_ADMIN_TOKEN from a secretKeyRef, never a plain value",
+          "value" not in tok and bool(tref.get("name") and tref.get("key")), tok)
+if a.mode == "existing-secret":
+    check("admin token: from the existing Secret",
+          tref.get("name") == "mentra-app-admin" and tref.get("key") == "token", tok)
+if a.mode == "admin-token":
+    gen = [s for s in secrets if (s.get("metadata") or {}).get("name") == tref.get("name")]
+    raw_tok = ((gen[0].get("data") or {}).get(tref.get("key")) or "") if gen else ""
+    val = base64.b64decode(raw_tok).decode() if raw_tok else ""
+    check("admin token: the generated Secret holds a random 48-character token",
+          len(gen) == 1 and len(val) == 48 and val.isalnum(), f"{len(gen)} Secrets, {len(val)} chars")
+    check("admin token: in no ConfigMap", bool(val) and val not in cm_text and raw_tok not in cm_text)
+if a.mode == "created-secret":
+    check("admin token: none unless tether.adminToken asks for one", tok is None, tok)
+
 # ---- monitoring
 if a.mode == "monitoring":
     pms, sms = kind("PodMonitor"), kind("ServiceMonitor")
@@ -443,6 +467,7 @@ assert_manifest "created-secret" created-secret "$WORK/render-created-secret-$fi
 assert_manifest "existing-secret" existing-secret "$WORK/render-existing-secret-$first_kv.yaml"
 assert_manifest "sidecar-only" sidecar-only "$WORK/render-sidecar-only-$first_kv.yaml"
 assert_manifest "monitoring" monitoring "$WORK/render-monitoring-$first_kv.yaml"
+assert_manifest "admin-token" admin-token "$WORK/render-admin-token-$first_kv.yaml"
 assert_manifest "parent chart" parent "$WORK/render-parent-$first_kv.yaml"
 
 # Optional: let the real binary validate the rendered config file (set TETHER_BIN to enable).

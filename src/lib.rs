@@ -8,8 +8,9 @@
 //! - [`downstream`]: the app side (local listener, reverse proxy to the app).
 //! - [`webhook`]: the cloud's `POST /webhook` intake.
 //! - [`registry`]: registering the app server with the cloud on its behalf.
-//! - [`admin`]: health, readiness, metrics and the session list.
-//! - [`logging`]: the log filter, swappable by a reload.
+//! - [`admin`]: health, readiness, metrics and the session list, and who may read the list.
+//! - [`logging`]: the subscriber, its filter (swappable by a reload) and the cap that keeps
+//!   secrets out of every level.
 //! - [`runtime`]: binds listeners and wires the shared state.
 //! - [`sim`]: a cloud emulator and an SDK-like app, used by tests, benchmarks and the demo.
 //! - [`status`]: `tether status`, a running Tether's sessions for an operator.

@@ -1,13 +1,12 @@
 //! The `tether` command: run the sidecar, check a config file, run the simulators or the demo.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 use tether::config::{Config, LogFormat};
 
@@ -44,6 +43,14 @@ enum Command {
         /// (host:port) would change.
         #[arg(long)]
         against: Option<String>,
+        /// The admin token of the Tether named by --against, sent as `Authorization: Bearer`.
+        #[arg(
+            long,
+            env = "TETHER_ADMIN_TOKEN",
+            hide_env_values = true,
+            value_parser = tether::status::parse_secret
+        )]
+        token: Option<tether::config::Secret>,
     },
     /// Show a running Tether's readiness and sessions (asks its admin listener).
     Status(tether::status::StatusArgs),
@@ -81,50 +88,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-fn init_tracing(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let json = match format {
-        LogFormat::Json => true,
-        LogFormat::Text => false,
-        LogFormat::Auto => !std::io::stdout().is_terminal(),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    // A reload may change the level; RUST_LOG, when set, keeps winning.
-    let from_env = std::env::var_os("RUST_LOG").is_some();
-    macro_rules! install_reload {
-        ($handle:expr) => {{
-            let handle = $handle;
-            tether::logging::install(Box::new(move |level: &str| {
-                if from_env {
-                    return Ok(());
-                }
-                let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-                handle.reload(filter).map_err(|e| e.to_string())
-            }));
-        }};
-    }
-    if json {
-        let builder = builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_filter_reloading();
-        install_reload!(builder.reload_handle());
-        builder.init();
-    } else {
-        let builder = builder.with_filter_reloading();
-        install_reload!(builder.reload_handle());
-        builder.init();
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file, against } => match Config::load(Some(&file)) {
+        Command::CheckConfig {
+            file,
+            against,
+            token,
+        } => match Config::load(Some(&file)) {
             Ok(cfg) => {
                 // A closed stdout (`| head`) is not an error worth a panic.
                 let mut out = std::io::stdout();
@@ -136,7 +107,7 @@ fn main() -> ExitCode {
                     return ExitCode::SUCCESS;
                 };
                 runtime(async move {
-                    let running = tether::status::running_config(&admin).await?;
+                    let running = tether::status::running_config(&admin, token.as_ref()).await?;
                     let changes = tether::config::reload::diff(&running, &cfg.entries());
                     if changes.is_empty() {
                         let _ = writeln!(out, "a reload would change nothing");
@@ -158,11 +129,11 @@ fn main() -> ExitCode {
             }
         },
         Command::Sim(SimCommand::Cloud(args)) => {
-            init_tracing("info", LogFormat::Auto);
+            tether::logging::init("info", LogFormat::Auto);
             runtime(tether::sim::cloud::run_cli(args))
         }
         Command::Sim(SimCommand::App(args)) => {
-            init_tracing("info", LogFormat::Auto);
+            tether::logging::init("info", LogFormat::Auto);
             runtime(tether::sim::app::run_cli(args))
         }
         Command::Demo(args) => runtime(tether::demo::run(args)),
@@ -179,7 +150,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            init_tracing(&cfg.log.level, cfg.log.format);
+            tether::logging::init(&cfg.log.level, cfg.log.format);
             runtime(run(cfg, shutdown_grace, config))
         }
     }

@@ -207,7 +207,20 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         public = %running.public, local = %running.local, admin = %running.admin,
         app = %shared.config().app.url, "tether listening"
     );
+    warn_if_admin_data_disabled(&shared.config());
     Ok(running)
+}
+
+/// Says once, at start or when a reload turns them off, that `/sessions` and `/config`
+/// answer 403 and how to turn them on.
+fn warn_if_admin_data_disabled(config: &Config) {
+    if config.admin.token.is_empty() && !crate::admin::auth::is_loopback(config.listen.admin.ip()) {
+        tracing::warn!(
+            admin = %config.listen.admin,
+            "{}",
+            crate::admin::server::NO_TOKEN_MESSAGE.trim_end()
+        );
+    }
 }
 
 fn spawn_listener<H, F>(shared: &Arc<Shared>, listener: TcpListener, handler: H)
@@ -293,7 +306,11 @@ pub fn reload(shared: &Shared, path: &std::path::Path, forced: bool) {
     };
     let old = shared.config();
     let changes = crate::config::reload::diff(&old.entries(), &new.entries());
-    if changes.is_empty() && !forced {
+    // Masked in the entries, so a rotated token (same mask) shows up only here.
+    let token_rotated = !old.admin.token.is_empty()
+        && !new.admin.token.is_empty()
+        && old.admin.token != new.admin.token;
+    if changes.is_empty() && !forced && !token_rotated {
         // The file was rewritten with what is already in force.
         return;
     }
@@ -303,6 +320,12 @@ pub fn reload(shared: &Shared, path: &std::path::Path, forced: bool) {
         } else {
             tracing::info!(key = %c.key, old = %c.old, new = %c.new, "config changed");
         }
+    }
+    if token_rotated {
+        tracing::info!(
+            key = "admin.token",
+            "config changed: the admin token was replaced"
+        );
     }
     // What was bound or built once stays as it was.
     new.listen = old.listen.clone();
@@ -317,6 +340,9 @@ pub fn reload(shared: &Shared, path: &std::path::Path, forced: bool) {
         if let Err(e) = crate::logging::set_level(&new.log.level) {
             tracing::warn!(error = %e, "log level not changed");
         }
+    }
+    if !old.admin.token.is_empty() {
+        warn_if_admin_data_disabled(&new);
     }
     shared.set_config(new);
     shared.metrics.config_reload("ok");

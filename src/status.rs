@@ -1,6 +1,7 @@
 //! `tether status`: asks a running Tether's admin listener for its readiness and sessions and
 //! prints them for an operator at a terminal (or as raw JSON for scripts). Read-only: it sends
-//! two GETs and changes nothing in the process it asks.
+//! two GETs and changes nothing in the process it asks. The admin token, when the Tether asks
+//! for one, goes in an `Authorization: Bearer` header and nowhere else.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -12,6 +13,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
+
+use crate::config::Secret;
 
 /// How long each admin request (connect, request, whole body) may take.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -25,6 +28,14 @@ pub struct StatusArgs {
     /// Print the `/sessions` JSON as served instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The admin token, sent as `Authorization: Bearer` (needed when Tether has one).
+    #[arg(long, env = "TETHER_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub token: Option<Secret>,
+}
+
+/// Reads a secret argument; its value never reaches `Debug` output.
+pub fn parse_secret(s: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(s.trim()))
 }
 
 /// One `/sessions` row, as much of it as the table shows; missing fields read as zero so an
@@ -63,10 +74,9 @@ struct Readiness {
 /// 200 and JSON; the message names the address.
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let addr = admin_authority(&args.admin);
-    let (code, body) = get(&addr, "/sessions").await?;
-    if code != 200 {
-        bail!("Tether's admin listener at {addr} answered /sessions with HTTP {code}");
-    }
+    let token = args.token.as_ref().filter(|t| !t.is_empty());
+    let (code, body) = get(&addr, "/sessions", token).await?;
+    refused(&addr, "/sessions", code, &body, token.is_some())?;
     let mut out = std::io::stdout().lock();
     if args.json {
         // A closed stdout (`| head`) is not worth an error.
@@ -78,7 +88,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     }
     let sessions: Sessions = serde_json::from_slice(&body)
         .with_context(|| format!("{addr}/sessions did not answer with session JSON"))?;
-    let (code, body) = get(&addr, "/readyz?verbose").await?;
+    let (code, body) = get(&addr, "/readyz?verbose", None).await?;
     let readiness = parse_readyz(code, &String::from_utf8_lossy(&body));
     let _ = out.write_all(render(&addr, &readiness, &sessions.sessions).as_bytes());
     Ok(())
@@ -102,17 +112,47 @@ fn admin_authority(admin: &str) -> String {
     }
 }
 
+/// Fails with what to do when a data route was not answered with 200. `sent` says whether
+/// a token went with the request.
+fn refused(addr: &str, path: &str, code: u16, body: &[u8], sent: bool) -> anyhow::Result<()> {
+    match code {
+        200 => Ok(()),
+        401 if sent => bail!(
+            "Tether's admin listener at {addr} refused the admin token for {path} (HTTP 401); \
+             check --token or TETHER_ADMIN_TOKEN"
+        ),
+        401 => bail!(
+            "Tether's admin listener at {addr} wants the admin token for {path} (HTTP 401): \
+             pass --token or set TETHER_ADMIN_TOKEN"
+        ),
+        403 => bail!(
+            "Tether's admin listener at {addr} refused {path} (HTTP 403): {}",
+            String::from_utf8_lossy(body).trim()
+        ),
+        _ => bail!("Tether's admin listener at {addr} answered {path} with HTTP {code}"),
+    }
+}
+
 /// One HTTP/1.1 GET on a fresh connection, bounded by [`TIMEOUT`]; the status and body.
-async fn get(addr: &str, path: &str) -> anyhow::Result<(u16, Bytes)> {
+/// `token`, when given, is sent as a bearer token.
+async fn get(addr: &str, path: &str, token: Option<&Secret>) -> anyhow::Result<(u16, Bytes)> {
     let exchange = async {
         let tcp = TcpStream::connect(addr).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
         // The connection task ends when the response is read and `sender` is dropped.
         tokio::spawn(conn);
-        let req = hyper::Request::get(path)
+        let mut req = hyper::Request::get(path)
             .header(hyper::header::HOST, addr)
             .header(hyper::header::USER_AGENT, "tether-status")
             .body(Empty::<Bytes>::new())?;
+        if let Some(token) = token {
+            let mut value =
+                hyper::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                    .context("the admin token cannot be sent in an HTTP header")?;
+            value.set_sensitive(true);
+            req.headers_mut()
+                .insert(hyper::header::AUTHORIZATION, value);
+        }
         let resp = sender.send_request(req).await?;
         let code = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();
@@ -270,15 +310,16 @@ fn human_bytes(n: u64) -> String {
     format!("{v:.1} {}", UNITS[unit])
 }
 
-/// The configuration a running Tether has in force (`GET /config`, secrets masked).
+/// The configuration a running Tether has in force (`GET /config`, secrets masked); `token`
+/// is the admin token, when that Tether has one.
 pub async fn running_config(
     admin: &str,
+    token: Option<&Secret>,
 ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
     let addr = admin_authority(admin);
-    let (code, body) = get(&addr, "/config").await?;
-    if code != 200 {
-        bail!("GET /config at {addr} answered {code}");
-    }
+    let token = token.filter(|t| !t.is_empty());
+    let (code, body) = get(&addr, "/config", token).await?;
+    refused(&addr, "/config", code, &body, token.is_some())?;
     Ok(serde_json::from_slice(&body)?)
 }
 

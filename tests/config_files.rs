@@ -60,6 +60,7 @@ fn invalid_files_are_refused_with_a_reason() {
             "http-cloud-url" => "cloud.ws_url",
             "required-but-disabled" => "registration.required",
             "broken-yaml" => "line 2",
+            "admin-token-in-file" => "TETHER_ADMIN_TOKEN",
             other => panic!("no expectation for fixture {other}"),
         };
         assert!(err.contains(expected), "{}: {err}", f.display());

@@ -96,6 +96,7 @@ pub struct Metrics {
     resurrections_healed: Counter,
     duplicate_webhooks: Counter,
     heartbeat_bytes: [Counter; 2],
+    admin_denied: Family<ReasonLabels, Counter>,
     /// Frames and bytes buffered across sessions; set when scraped.
     pub buffered_frames: Gauge,
     pub buffered_bytes: Gauge,
@@ -290,7 +291,18 @@ impl Metrics {
             "Configuration reloads, by outcome (ok, error)",
             config_reloads.clone(),
         );
+        let admin_denied = Family::<ReasonLabels, Counter>::default();
+        // Present at zero from the start, so an alert on the rate has a series to watch.
+        for d in crate::admin::auth::Denial::ALL {
+            let _ = admin_denied.get_or_create(&ReasonLabels { reason: d.label() });
+        }
+        registry.register(
+            "admin_denied",
+            "Admin data-route requests refused (no_token_configured, missing_token, wrong_token)",
+            admin_denied.clone(),
+        );
         Metrics {
+            admin_denied,
             config_reloads,
             cloud_disconnects,
             cloud_reconnect_attempts,
@@ -444,6 +456,15 @@ impl Metrics {
     /// Counts heartbeat bytes (`Up` = sent to the cloud).
     pub fn heartbeat_bytes(&self, dir: Direction, n: usize) {
         self.heartbeat_bytes[dir_index(dir)].inc_by(n as u64);
+    }
+
+    /// Counts a refused admin data-route request.
+    pub fn admin_denied(&self, denial: crate::admin::auth::Denial) {
+        self.admin_denied
+            .get_or_create(&ReasonLabels {
+                reason: denial.label(),
+            })
+            .inc();
     }
 
     /// The registry, for metrics other modules own (registration).

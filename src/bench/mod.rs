@@ -60,11 +60,14 @@ pub enum BenchCommand {
 /// the figures, not as an error.
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     // `tether run` sets up logging from its config; a bench has none, so RUST_LOG opts in
-    // (on stderr, to keep stdout for the report).
+    // (on stderr, to keep stdout for the report), under the same secret cap as `tether run`.
     if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        let _ = tracing_subscriber::registry()
+            .with(tracing_subscriber::EnvFilter::from_default_env())
+            .with(crate::logging::cap())
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .try_init();
     }
     let bench = async {
@@ -106,11 +109,12 @@ async fn signal() -> &'static str {
 pub const LOOPBACK_CLOUDS: &str = "ws://127.0.0.1:*";
 
 /// Starts Tether in this process with every listener on 127.0.0.1:0, the app at `app_url`
-/// (package [`PACKAGE`]), and `extra_yaml` (whole top-level sections other than `listen`
-/// and `app`) appended to the config.
+/// (package [`PACKAGE`]), and `extra_yaml` (whole top-level sections other than `listen`,
+/// `app` and `admin`) appended to the config. `/sessions` shows user ids as they are: the
+/// benches find their sessions there by id, on loopback.
 async fn start_tether(app_url: &str, extra_yaml: &str) -> anyhow::Result<Running> {
     let yaml = format!(
-        "version: 1\nlisten:\n  public: 127.0.0.1:0\n  local: 127.0.0.1:0\n  admin: 127.0.0.1:0\napp:\n  url: {app_url}\n  package_name: {PACKAGE}\n{extra_yaml}"
+        "version: 1\nlisten:\n  public: 127.0.0.1:0\n  local: 127.0.0.1:0\n  admin: 127.0.0.1:0\napp:\n  url: {app_url}\n  package_name: {PACKAGE}\nadmin:\n  show_user_ids: true\n{extra_yaml}"
     );
     // The key comes through the same override a deployment uses, never from this
     // process's environment.

@@ -34,12 +34,18 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ),
     ("TETHER_STATE_DIR", "state.dir"),
     ("TETHER_MAX_FRAME_BYTES", "limits.max_frame_bytes"),
+    ("TETHER_ADMIN_TOKEN", "admin.token (secret)"),
+    ("TETHER_ADMIN_TOKEN_FILE", "admin.token_file"),
+    ("TETHER_ADMIN_SHOW_USER_IDS", "admin.show_user_ids"),
     ("TETHER_LOG_LEVEL", "log.level"),
     ("TETHER_LOG_FORMAT", "log.format"),
 ];
 
 /// Largest frame accepted on either WebSocket leg by default: the cloud's own limit (16 MiB).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// Shortest admin token accepted: a short token is guessable over the network.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 
 /// Errors found while loading or validating configuration.
 #[derive(Debug, thiserror::Error)]
@@ -103,12 +109,24 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     state: RawState,
+    #[serde(default)]
+    admin: RawAdmin,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawState {
     dir: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    /// Accepted by the parser only to be refused with a message that names the right place:
+    /// the token comes from the environment or a file, never from this file.
+    token: Option<serde::de::IgnoredAny>,
+    token_file: Option<String>,
+    show_user_ids: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,6 +238,7 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub log: LogConfig,
     pub state: StateConfig,
+    pub admin: AdminConfig,
 }
 
 /// Where Tether keeps what must outlive its process.
@@ -227,6 +246,19 @@ pub struct Config {
 pub struct StateConfig {
     /// `None`: nothing is kept (cloud ids change with every restart).
     pub dir: Option<PathBuf>,
+}
+
+/// Who may read the admin listener's data routes (`/sessions`, `/config`) and what they show.
+/// `/livez`, `/readyz` and `/metrics` are always open.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Bearer token the data routes require; empty when none is configured (then they are
+    /// open on a loopback admin listener and refused elsewhere).
+    pub token: Secret,
+    /// Where the token was read from, when it came from a file (a mounted Secret).
+    pub token_file: Option<String>,
+    /// Show user ids in `/sessions` as they are; masked otherwise.
+    pub show_user_ids: bool,
 }
 
 /// Where Tether listens.
@@ -393,7 +425,28 @@ impl Config {
                 None => Secret::default(),
             },
         };
-        validate(raw, api_key)
+        if raw.admin.token.is_some() {
+            return Err(invalid(
+                "admin.token",
+                "the admin token never sits in the config file; set TETHER_ADMIN_TOKEN or \
+                 admin.token_file (a mounted Secret)",
+            ));
+        }
+        let admin_token = match env("TETHER_ADMIN_TOKEN") {
+            Some(t) if !t.trim().is_empty() => admin_token("TETHER_ADMIN_TOKEN", t.trim())?,
+            _ => match raw
+                .admin
+                .token_file
+                .as_deref()
+                .filter(|p| !p.trim().is_empty())
+            {
+                Some(path) => {
+                    admin_token("admin.token_file", read_secret_file(path.trim())?.expose())?
+                }
+                None => Secret::default(),
+            },
+        };
+        validate(raw, api_key, admin_token)
     }
 
     /// Parses YAML text with no environment, for tests and `check-config` of inline text.
@@ -427,6 +480,20 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Resul
         );
     }
     set(&mut raw.log.level, "TETHER_LOG_LEVEL");
+    set(&mut raw.admin.token_file, "TETHER_ADMIN_TOKEN_FILE");
+    // Empty counts as unset, so a wrapper can clear what an outer environment set.
+    if let Some(v) = env("TETHER_ADMIN_SHOW_USER_IDS").filter(|v| !v.trim().is_empty()) {
+        raw.admin.show_user_ids = Some(match v.trim() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            other => {
+                return Err(invalid(
+                    "TETHER_ADMIN_SHOW_USER_IDS",
+                    format!("expected true or false, got {other:?}"),
+                ))
+            }
+        });
+    }
     if let Some(v) = env("TETHER_MAX_FRAME_BYTES") {
         raw.limits.max_frame_bytes = Some(v.trim().parse().map_err(|_| {
             invalid(
@@ -457,6 +524,24 @@ fn read_secret_file(path: &str) -> Result<Secret, ConfigError> {
         source,
     })?;
     Ok(Secret::new(text.trim()))
+}
+
+/// Checks an admin token read from `key`; the error never quotes the token.
+fn admin_token(key: &str, token: &str) -> Result<Secret, ConfigError> {
+    if token.chars().count() < MIN_ADMIN_TOKEN_CHARS {
+        return Err(invalid(
+            key,
+            format!("the admin token must be at least {MIN_ADMIN_TOKEN_CHARS} characters"),
+        ));
+    }
+    // It travels in an HTTP header: anything but visible ASCII could never be sent intact.
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            key,
+            "the admin token must be visible ASCII characters only (no spaces)",
+        ));
+    }
+    Ok(Secret::new(token))
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
@@ -512,7 +597,7 @@ fn ws_url(key: &str, text: &str) -> Result<Url, ConfigError> {
     }
 }
 
-fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
+fn validate(raw: RawConfig, api_key: Secret, admin_token: Secret) -> Result<Config, ConfigError> {
     if let Some(v) = raw.version {
         if v != 1 {
             return Err(invalid(
@@ -809,6 +894,15 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
             .filter(|s| !s.trim().is_empty())
             .map(|s| PathBuf::from(s.trim())),
     };
+    let admin = AdminConfig {
+        token: admin_token,
+        token_file: raw
+            .admin
+            .token_file
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty()),
+        show_user_ids: raw.admin.show_user_ids.unwrap_or(false),
+    };
     Ok(Config {
         listen,
         app,
@@ -819,6 +913,7 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
         registration,
         log,
         state,
+        admin,
     })
 }
 
@@ -908,5 +1003,71 @@ mod tests {
         let c = Config::from_yaml(&yaml).expect("cfg");
         assert_eq!(c.app.api_key.expose(), "s3cret");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    const TOKEN: &str = "adm1n-t0ken-0123456789";
+
+    #[test]
+    fn admin_defaults_mask_user_ids_and_need_no_token() {
+        let c = Config::from_yaml("").expect("defaults");
+        assert!(c.admin.token.is_empty());
+        assert!(!c.admin.show_user_ids);
+        assert_eq!(c.admin.token_file, None);
+    }
+
+    #[test]
+    fn admin_token_comes_from_the_environment_and_is_never_printed() {
+        let env = env_of(&[
+            ("TETHER_ADMIN_TOKEN", " adm1n-t0ken-0123456789\n"),
+            ("TETHER_ADMIN_SHOW_USER_IDS", "true"),
+        ]);
+        let c = Config::from_sources(None, "t", &env).expect("cfg");
+        assert_eq!(c.admin.token.expose(), TOKEN);
+        assert!(c.admin.show_user_ids);
+        assert!(!format!("{c:?}").contains(TOKEN));
+    }
+
+    #[test]
+    fn admin_token_file_is_read_and_trimmed_and_the_environment_wins() {
+        let dir = std::env::temp_dir().join(format!("tether-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("token");
+        std::fs::write(&file, format!("{TOKEN}\n")).expect("write");
+        let yaml = format!("admin:\n  token_file: {}\n", file.display());
+        let c = Config::from_yaml(&yaml).expect("cfg");
+        assert_eq!(c.admin.token.expose(), TOKEN);
+        assert_eq!(c.admin.token_file.as_deref(), file.to_str());
+        let env = env_of(&[("TETHER_ADMIN_TOKEN", "another-token-of-enough-length")]);
+        let c = Config::from_sources(Some(&yaml), "t", &env).expect("cfg");
+        assert_eq!(c.admin.token.expose(), "another-token-of-enough-length");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn admin_token_in_the_file_is_refused_without_echoing_it() {
+        let err = Config::from_yaml("admin:\n  token: hunter2-hunter2-hunter2\n")
+            .expect_err("token in yaml")
+            .to_string();
+        assert!(err.starts_with("admin.token:"), "{err}");
+        assert!(err.contains("TETHER_ADMIN_TOKEN"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn weak_or_unsendable_admin_tokens_are_refused() {
+        for (token, why) in [
+            ("short", "at least"),
+            ("has a space in the middle", "visible ASCII"),
+        ] {
+            let env = move |k: &str| (k == "TETHER_ADMIN_TOKEN").then(|| token.to_string());
+            let err = Config::from_sources(None, "t", &env)
+                .expect_err(token)
+                .to_string();
+            assert!(err.starts_with("TETHER_ADMIN_TOKEN:"), "{err}");
+            assert!(err.contains(why) && !err.contains(token), "{err}");
+        }
+        let env = env_of(&[("TETHER_ADMIN_SHOW_USER_IDS", "yes")]);
+        let err = Config::from_sources(None, "t", &env).expect_err("bad bool");
+        assert!(err.to_string().starts_with("TETHER_ADMIN_SHOW_USER_IDS"));
     }
 }

@@ -1,6 +1,7 @@
 //! What a new configuration changes, key by key, and which changes a running Tether can
-//! apply at once (limits, timeouts, buffer bounds, log level) or only after a restart (the
-//! listeners it has bound). Pure: the reload loop itself lives with the runtime.
+//! apply at once (limits, timeouts, buffer bounds, log level, the admin token and user-id
+//! masking) or only after a restart (the listeners it has bound). Pure: the reload loop
+//! itself lives with the runtime.
 
 use std::collections::BTreeMap;
 
@@ -160,6 +161,9 @@ impl Config {
             ),
             ("log.level", c.log.level.clone()),
             ("log.format", format!("{:?}", c.log.format).to_lowercase()),
+            ("admin.token", c.admin.token.to_string()),
+            ("admin.token_file", opt(c.admin.token_file.clone())),
+            ("admin.show_user_ids", c.admin.show_user_ids.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -220,5 +224,26 @@ mod tests {
         let e = c.entries();
         assert_eq!(e.get("app.api_key").map(String::as_str), Some("***"));
         assert!(!format!("{e:?}").contains("supersecret"));
+    }
+
+    #[test]
+    fn admin_keys_are_listed_masked_and_hot() {
+        let old = Config::from_yaml("").expect("old");
+        let new = Config::from_sources(Some("admin:\n  show_user_ids: true\n"), "t", &|k| {
+            (k == "TETHER_ADMIN_TOKEN").then(|| "a-token-of-enough-length".to_string())
+        })
+        .expect("new");
+        let (before, after) = (old.entries(), new.entries());
+        assert_eq!(
+            before.get("admin.token").map(String::as_str),
+            Some("<unset>")
+        );
+        assert_eq!(after.get("admin.token").map(String::as_str), Some("***"));
+        assert_eq!(after.get("admin.token_file").map(String::as_str), Some("-"));
+        assert!(!format!("{after:?}").contains("a-token-of-enough-length"));
+        let changes = diff(&before, &after);
+        let keys: Vec<&str> = changes.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, ["admin.show_user_ids", "admin.token"], "{changes:?}");
+        assert!(changes.iter().all(|c| !c.needs_restart), "{changes:?}");
     }
 }

@@ -1,4 +1,4 @@
-//! A wrapper for secrets (the app's API key) that never prints its contents.
+//! A wrapper for secrets (the app's API key, the admin token) that never prints its contents.
 
 use std::fmt;
 

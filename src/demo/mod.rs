@@ -231,13 +231,15 @@ impl Plan {
         (self.down_secs + 20) * 1000 / self.interval_ms + 100
     }
 
-    /// Tether's configuration: every listener on a free loopback port.
+    /// Tether's configuration: every listener on a free loopback port, and user ids shown
+    /// in `/sessions` (the demo reads its session's row there by id).
     fn tether_yaml(&self, app: SocketAddr) -> String {
         let frames = self.buffer_frames();
         format!(
             "version: 1\n\
              listen:\n  public: \"127.0.0.1:0\"\n  local: \"127.0.0.1:0\"\n  admin: \"127.0.0.1:0\"\n\
              app:\n  url: \"http://{app}\"\n  package_name: \"{DEFAULT_PACKAGE}\"\n\
+             admin:\n  show_user_ids: true\n\
              session:\n  hold_window_ms: {hold}\n\
              buffer:\n  down_max_frames: {frames}\n  down_max_bytes: {bytes}\n  down_max_age_ms: {hold}\n",
             hold = self.hold_window_ms(),

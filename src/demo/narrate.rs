@@ -220,7 +220,9 @@ pub(super) fn install(narrator: Arc<Narrator>, facts: Facts, verbose: bool) -> b
             .with_ansi(std::io::stderr().is_terminal())
             .with_filter(filter)
     });
+    // The secret cap first: no filter of the verbose log can lift it.
     tracing_subscriber::registry()
+        .with(crate::logging::cap())
         .with(capture)
         .with(log)
         .try_init()

@@ -60,7 +60,9 @@ impl Tether {
             // The fake clouds listen on loopback ports chosen at run time; tests of the
             // allowlist itself override this.
             .env("TETHER_CLOUD_ALLOWED_ORIGINS", "ws://127.0.0.1:*")
-            .env("RUST_LOG", "tether=debug,info");
+            .env("RUST_LOG", "tether=debug,info")
+            // Tests find their sessions in /sessions by id; a test of the masking overrides it.
+            .env("TETHER_ADMIN_SHOW_USER_IDS", "true");
         for (k, v) in env {
             cmd.env(k, v);
         }

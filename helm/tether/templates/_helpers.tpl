@@ -80,6 +80,20 @@ app.kubernetes.io/part-of: {{ include "tether.name" . }}
 {{- if or .Values.tether.apiKey.value .Values.tether.apiKey.existingSecret -}}true{{- end -}}
 {{- end -}}
 
+{{/* Name of the Secret holding the admin token: the existing one, or the one the chart generates. */}}
+{{- define "tether.adminTokenSecretName" -}}
+{{- if .Values.tether.adminToken.existingSecret -}}
+{{- .Values.tether.adminToken.existingSecret -}}
+{{- else -}}
+{{- printf "%s-admin-token" (include "tether.fullname" . | trunc 51 | trimSuffix "-") -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when Tether is given an admin token (existing or generated Secret). */}}
+{{- define "tether.hasAdminToken" -}}
+{{- if or .Values.tether.adminToken.existingSecret .Values.tether.adminToken.generate -}}true{{- end -}}
+{{- end -}}
+
 {{/* image reference: repository[:tag][@digest] */}}
 {{- define "tether.imageRef" -}}
 {{- $img := index . 0 -}}
@@ -103,6 +117,9 @@ app.kubernetes.io/part-of: {{ include "tether.name" . }}
 {{- end -}}
 {{- if and .Values.tether.apiKey.value .Values.tether.apiKey.existingSecret -}}
 {{- fail "set either tether.apiKey.value or tether.apiKey.existingSecret, not both" -}}
+{{- end -}}
+{{- if and .Values.tether.adminToken.generate .Values.tether.adminToken.existingSecret -}}
+{{- fail "set either tether.adminToken.generate or tether.adminToken.existingSecret, not both" -}}
 {{- end -}}
 {{- if hasKey (.Values.tether.config | default dict) "listen" -}}
 {{- fail "tether.config.listen is derived from tether.ports; set tether.ports instead" -}}
@@ -179,6 +196,13 @@ checksum/tether-api-key: {{ printf "%s/%s" (include "tether.secretName" .) .Valu
           name: {{ include "tether.secretName" . }}
           key: {{ $t.apiKey.secretKey }}
     {{- end }}
+    {{- end }}
+    {{- if include "tether.hasAdminToken" . }}
+    - name: TETHER_ADMIN_TOKEN
+      valueFrom:
+        secretKeyRef:
+          name: {{ include "tether.adminTokenSecretName" . }}
+          key: {{ $t.adminToken.secretKey }}
     {{- end }}
     {{- with $t.extraEnv }}
     {{- toYaml . | nindent 4 }}
