@@ -181,6 +181,9 @@ checksum/tether-api-key: {{ printf "%s/%s" (include "tether.secretName" .) .Valu
   env:
     - name: TETHER_LOG_FORMAT
       value: {{ $t.logFormat | quote }}
+    # Survives a restart of the sidecar in place (the cloud ids in the app's URLs stay valid).
+    - name: TETHER_STATE_DIR
+      value: /var/lib/tether
     {{- with $t.logLevel }}
     - name: RUST_LOG
       value: {{ . | quote }}
@@ -243,6 +246,8 @@ checksum/tether-api-key: {{ printf "%s/%s" (include "tether.secretName" .) .Valu
     {{- end }}
     - name: tether-tmp
       mountPath: /tmp
+    - name: tether-state
+      mountPath: /var/lib/tether
     {{- with $t.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -264,6 +269,9 @@ checksum/tether-api-key: {{ printf "%s/%s" (include "tether.secretName" .) .Valu
     defaultMode: 0444
 {{- end }}
 - name: tether-tmp
+  emptyDir:
+    sizeLimit: 64Mi
+- name: tether-state
   emptyDir:
     sizeLimit: 64Mi
 {{- end -}}
