@@ -60,6 +60,7 @@ fn invalid_files_are_refused_with_a_reason() {
             "http-cloud-url" => "cloud.ws_url",
             "required-but-disabled" => "registration.required",
             "broken-yaml" => "line 2",
+            "zero-connection-cap" => "http.max_connections_local",
             other => panic!("no expectation for fixture {other}"),
         };
         assert!(err.contains(expected), "{}: {err}", f.display());
