@@ -2,24 +2,35 @@
 //! (bar hop-by-hop ones) and streamed bodies pass unchanged; protocol upgrades (WebSocket)
 //! are relayed by splicing the two upgraded connections. The app speaks HTTP/1.1, so a
 //! request that arrived over HTTP/2 is re-versioned on the way.
+//!
+//! Bounds: a request body that goes silent for `http.body_read_timeout_ms` is cut (408);
+//! the app has `app.request_timeout_ms` to send its response head (504), after which the
+//! body streams unbounded (downloads, server-sent events; a client that stops reading is cut
+//! by the send timeout); an upgrade must complete within `http.upgrade_timeout_ms`, and the
+//! spliced connection then lives as long as both ends keep it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, COOKIE, HOST};
+use hyper::header::{HeaderValue, CONNECTION, COOKIE, HOST};
 use hyper::http::uri::Authority;
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 
 use crate::runtime::Shared;
-use crate::serve::{is_upgrade, json_error, relay, strip_hop_headers, Body};
+use crate::serve::{
+    is_body_timeout, is_upgrade, json_error, relay, relay_within, strip_hop_headers, Body,
+    Listener, Reject, Stage,
+};
 
 /// Why the app could not be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("bad target URI {0}")]
     Uri(String),
+    // The client's error is the source (not folded into the message), so a stalled request
+    // body under it can be found by walking the chain.
     #[error("{0}")]
     Client(#[from] hyper_util::client::legacy::Error),
 }
@@ -35,6 +46,10 @@ pub async fn send_to_app(
     let config = shared.config();
     let base = config.app.url.as_str().trim_end_matches('/');
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if !pq.starts_with('/') {
+        // `OPTIONS *` (asterisk form) names the server, not a resource the app has.
+        return Err(AppError::Uri(pq.to_string()));
+    }
     let target = format!("{base}{pq}");
     let authority = req.uri().authority().cloned();
     *req.uri_mut() = target.parse().map_err(|_| AppError::Uri(target.clone()))?;
@@ -95,13 +110,55 @@ pub async fn handle(
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
+    let config = shared.config();
+    let metrics = shared.metrics.listener(Listener::Public);
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let req = req.map(relay);
+    let version = req.version();
+    let req = req.map(|b| relay_within(b, config.http.body_read_timeout));
     let route = if upgrade { "upgrade" } else { "proxy" };
-    let mut resp = match send_to_app(&shared, req, Some(peer)).await {
-        Ok(r) => r,
-        Err(e) => {
+    let sent = tokio::time::timeout(
+        config.app.request_timeout,
+        send_to_app(&shared, req, Some(peer)),
+    )
+    .await;
+    let mut resp = match sent {
+        Ok(Ok(r)) => r,
+        Err(_) => {
+            let ms = config.app.request_timeout.as_millis();
+            tracing::warn!(hop = "app", timeout_ms = ms, "app sent no response in time");
+            metrics.timeout(Stage::AppResponse);
+            shared.metrics.proxy_request(route, 504);
+            return json_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("app did not answer within {ms} ms"),
+            );
+        }
+        Ok(Err(AppError::Uri(target))) => {
+            metrics.rejected(Reject::BadTarget);
+            shared.metrics.proxy_request(route, 400);
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("request target cannot be proxied: {target}"),
+            );
+        }
+        Ok(Err(e)) if is_body_timeout(&e) => {
+            tracing::debug!(%peer, error = %e, "request body stalled");
+            metrics.timeout(Stage::Body);
+            shared.metrics.proxy_request(route, 408);
+            let ms = config.http.body_read_timeout.as_millis();
+            let mut resp = json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("request body stalled: nothing received for {ms} ms"),
+            );
+            if version < Version::HTTP_2 {
+                // The rest of the body will never be read; the connection cannot be reused.
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            return resp;
+        }
+        Ok(Err(e)) => {
             tracing::warn!(hop = "app", error = %e, "app unreachable");
             shared.metrics.proxy_request(route, 502);
             return json_error(StatusCode::BAD_GATEWAY, &format!("app unreachable: {e}"));
@@ -112,11 +169,18 @@ pub async fn handle(
     {
         let app_upgrade = hyper::upgrade::on(&mut resp);
         let cancel = shared.cancel.clone();
+        let wait = config.http.upgrade_timeout;
         shared.tracker.spawn(async move {
-            let (client, app) = match tokio::try_join!(client_upgrade, app_upgrade) {
-                Ok(pair) => pair,
-                Err(e) => {
+            let both = async { tokio::try_join!(client_upgrade, app_upgrade) };
+            let (client, app) = match tokio::time::timeout(wait, both).await {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e)) => {
                     tracing::debug!(error = %e, "upgrade did not complete");
+                    return;
+                }
+                Err(_) => {
+                    metrics.timeout(Stage::Upgrade);
+                    tracing::debug!(%peer, "upgrade did not complete in time");
                     return;
                 }
             };

@@ -25,7 +25,12 @@ use std::sync::atomic::Ordering;
 pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let limit = shared.config().limits.max_webhook_body_bytes;
-    let bytes = match Limited::new(body, limit).collect().await {
+    let bytes = match crate::serve::read_within(
+        Limited::new(body, limit).collect(),
+        shared.config().http.body_read_timeout,
+    )
+    .await
+    {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             shared.metrics.webhook("unreadable", "rejected");
