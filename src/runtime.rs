@@ -10,7 +10,7 @@ use std::time::Duration;
 use hyper::Method;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
 use crate::downstream::health::AppHealth;
-use crate::serve::{self, Body};
+use crate::serve::{self, Body, ConnLimits, Listener, Serving};
 use crate::session::buffer::GlobalBytes;
 use crate::session::registry::Registry;
 use crate::upstream::clouds::{CloudIds, KeyError};
@@ -98,6 +98,28 @@ pub struct Running {
 /// How long open HTTP requests may run on after shutdown starts.
 const HTTP_DRAIN: Duration = Duration::from_secs(5);
 
+/// Idle keep-alive connections kept to the app: enough for bursts, bounded in descriptors.
+const APP_POOL_MAX_IDLE: usize = 64;
+
+/// Warns when `ulimit -n` is below what the connection caps could use: running out of
+/// descriptors breaks the app's socket, cloud dials and health probes, not just the
+/// listener that used them up.
+fn warn_if_descriptors_short(config: &Config) {
+    let needed = serve::descriptors_needed(&config.http);
+    match serve::open_files_limit() {
+        Some(limit) if limit < needed => tracing::warn!(
+            limit,
+            needed,
+            public = config.http.max_connections_public,
+            local = config.http.max_connections_local,
+            admin = config.http.max_connections_admin,
+            "the open-files limit is below what the connection caps allow; raise ulimit -n or lower http.max_connections_*"
+        ),
+        Some(limit) => tracing::debug!(limit, needed, "open-files limit leaves room for the connection caps"),
+        None => tracing::debug!("open-files limit unknown on this platform"),
+    }
+}
+
 async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -129,7 +151,13 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.app.connect_timeout));
     connector.set_nodelay(true);
-    let app_client = Client::builder(TokioExecutor::new()).build(connector);
+    // The timer lets the pool reap idle app connections; without one they are only
+    // noticed as expired when next checked out, and hold a descriptor until then.
+    let app_client = Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_max_idle_per_host(APP_POOL_MAX_IDLE)
+        .build(connector);
+    warn_if_descriptors_short(&config);
     let registration = crate::registry::Status::default();
     let mut metrics = Metrics::new();
     registration.register_metrics(metrics.registry_mut());
@@ -179,7 +207,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         admin_tracker: admin_tracker.clone(),
     };
     let s = shared.clone();
-    spawn_listener(&shared, public, move |req, peer| {
+    spawn_listener(&shared, Listener::Public, public, move |req, peer| {
         let s = s.clone();
         async move {
             if req.method() == Method::POST && req.uri().path() == "/webhook" {
@@ -190,18 +218,17 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         }
     });
     let s = shared.clone();
-    spawn_listener(&shared, local, move |req, _| {
+    spawn_listener(&shared, Listener::Local, local, move |req, _| {
         crate::downstream::listener::handle(s.clone(), req)
     });
     // The admin listener outlives the drain: /readyz answers 503 while sessions close,
     // and /metrics stays scrapeable until the end.
     let s = shared.clone();
+    let serving = serving(&shared, Listener::Admin, &admin_cancel, &admin_tracker);
     admin_tracker.spawn(serve::serve(
         admin,
         move |req, _| crate::admin::server::handle(s.clone(), req),
-        admin_cancel.clone(),
-        admin_tracker.clone(),
-        HTTP_DRAIN,
+        serving,
     ));
     tracing::info!(
         public = %running.public, local = %running.local, admin = %running.admin,
@@ -223,15 +250,41 @@ fn warn_if_admin_data_disabled(config: &Config) {
     }
 }
 
-fn spawn_listener<H, F>(shared: &Arc<Shared>, listener: TcpListener, handler: H)
+fn spawn_listener<H, F>(shared: &Arc<Shared>, which: Listener, listener: TcpListener, handler: H)
 where
     H: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> F + Send + Sync + 'static,
     F: std::future::Future<Output = hyper::Response<Body>> + Send + 'static,
 {
-    let (cancel, tracker) = (shared.cancel.clone(), shared.tracker.clone());
+    let serving = serving(shared, which, &shared.cancel, &shared.tracker);
     shared
         .tracker
-        .spawn(serve::serve(listener, handler, cancel, tracker, HTTP_DRAIN));
+        .spawn(serve::serve(listener, handler, serving));
+}
+
+/// How `which` is served: its bounds read from the configuration in force at each
+/// accepted connection, its metrics, and the token and tracker it stops and drains with.
+fn serving(
+    shared: &Arc<Shared>,
+    which: Listener,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Serving {
+    let s = Arc::downgrade(shared);
+    let fallback = ConnLimits::of(&shared.config().http, which);
+    Serving {
+        which,
+        // Weak: the accept loop must not keep the shared state alive by itself.
+        limits: Arc::new(move || {
+            s.upgrade().map_or_else(
+                || fallback.clone(),
+                |s| ConnLimits::of(&s.config().http, which),
+            )
+        }),
+        metrics: shared.metrics.listener(which),
+        cancel: cancel.clone(),
+        tracker: tracker.clone(),
+        drain: HTTP_DRAIN,
+    }
 }
 
 impl Running {

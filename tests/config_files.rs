@@ -61,6 +61,7 @@ fn invalid_files_are_refused_with_a_reason() {
             "required-but-disabled" => "registration.required",
             "broken-yaml" => "line 2",
             "admin-token-in-file" => "TETHER_ADMIN_TOKEN",
+            "zero-connection-cap" => "http.max_connections_local",
             other => panic!("no expectation for fixture {other}"),
         };
         assert!(err.contains(expected), "{}: {err}", f.display());

@@ -11,6 +11,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::protocol::{Direction, Kind};
+use crate::serve::{Listener, Reject, Stage};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirKindLabels {
@@ -61,6 +62,36 @@ struct ProxyLabels {
     code: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimeoutLabels {
+    listener: &'static str,
+    stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
+/// The connection metrics of one listener, handed to its accept loop and to the handlers
+/// that see its timeouts; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ListenerMetrics {
+    listener: &'static str,
+    /// Connections open now, upgraded ones included.
+    pub open: Gauge,
+    /// Connections accepted and closed at once because the listener was at its cap.
+    pub refused: Counter,
+    timeouts: Family<TimeoutLabels, Counter>,
+    rejected: Family<RejectLabels, Counter>,
+}
+
 /// HTTP status class (`2xx`, `5xx`, ...), a bounded label.
 pub fn code_class(status: u16) -> &'static str {
     match status {
@@ -97,6 +128,10 @@ pub struct Metrics {
     duplicate_webhooks: Counter,
     heartbeat_bytes: [Counter; 2],
     admin_denied: Family<ReasonLabels, Counter>,
+    connections_open: Family<ListenerLabels, Gauge>,
+    connections_refused: Family<ListenerLabels, Counter>,
+    http_timeouts: Family<TimeoutLabels, Counter>,
+    http_rejected: Family<RejectLabels, Counter>,
     /// Frames and bytes buffered across sessions; set when scraped.
     pub buffered_frames: Gauge,
     pub buffered_bytes: Gauge,
@@ -301,8 +336,44 @@ impl Metrics {
             "Admin data-route requests refused (no_token_configured, missing_token, wrong_token)",
             admin_denied.clone(),
         );
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Open connections per listener, upgraded ones included",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections accepted and closed at once because their listener was at its cap",
+            connections_refused.clone(),
+        );
+        let http_timeouts = Family::<TimeoutLabels, Counter>::default();
+        registry.register(
+            "http_timeouts",
+            "Connections or requests cut because a peer stalled, by listener and stage",
+            http_timeouts.clone(),
+        );
+        let http_rejected = Family::<RejectLabels, Counter>::default();
+        registry.register(
+            "http_rejected",
+            "Requests refused as bad input, by listener and reason",
+            http_rejected.clone(),
+        );
+        // Every listener shows up at 0 before its first connection.
+        for which in Listener::ALL {
+            let labels = ListenerLabels {
+                listener: which.label(),
+            };
+            let _ = connections_open.get_or_create(&labels);
+            let _ = connections_refused.get_or_create(&labels);
+        }
         Metrics {
             admin_denied,
+            connections_open,
+            connections_refused,
+            http_timeouts,
+            http_rejected,
             config_reloads,
             cloud_disconnects,
             cloud_reconnect_attempts,
@@ -467,6 +538,20 @@ impl Metrics {
             .inc();
     }
 
+    /// The connection metrics of one listener.
+    pub fn listener(&self, which: Listener) -> ListenerMetrics {
+        let labels = ListenerLabels {
+            listener: which.label(),
+        };
+        ListenerMetrics {
+            listener: which.label(),
+            open: self.connections_open.get_or_create(&labels).clone(),
+            refused: self.connections_refused.get_or_create(&labels).clone(),
+            timeouts: self.http_timeouts.clone(),
+            rejected: self.http_rejected.clone(),
+        }
+    }
+
     /// The registry, for metrics other modules own (registration).
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry
@@ -479,6 +564,30 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+// === impl ListenerMetrics ===
+
+impl ListenerMetrics {
+    /// Counts a connection or request cut because its peer stalled at `stage`.
+    pub fn timeout(&self, stage: Stage) {
+        self.timeouts
+            .get_or_create(&TimeoutLabels {
+                listener: self.listener,
+                stage: stage.label(),
+            })
+            .inc();
+    }
+
+    /// Counts a request refused as bad input.
+    pub fn rejected(&self, reason: Reject) {
+        self.rejected
+            .get_or_create(&RejectLabels {
+                listener: self.listener,
+                reason: reason.label(),
+            })
+            .inc();
     }
 }
 

@@ -111,6 +111,8 @@ struct RawConfig {
     state: RawState,
     #[serde(default)]
     admin: RawAdmin,
+    #[serde(default)]
+    http: RawHttp,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +174,7 @@ struct RawApp {
     health_path: Option<String>,
     webhook_timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,6 +224,22 @@ struct RawLimits {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawHttp {
+    header_read_timeout_ms: Option<u64>,
+    body_read_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    send_timeout_ms: Option<u64>,
+    upgrade_timeout_ms: Option<u64>,
+    h2_keepalive_interval_ms: Option<u64>,
+    h2_keepalive_timeout_ms: Option<u64>,
+    h2_max_concurrent_streams: Option<u32>,
+    max_connections_public: Option<usize>,
+    max_connections_local: Option<usize>,
+    max_connections_admin: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawLog {
     level: Option<String>,
     format: Option<LogFormat>,
@@ -239,6 +258,7 @@ pub struct Config {
     pub log: LogConfig,
     pub state: StateConfig,
     pub admin: AdminConfig,
+    pub http: HttpConfig,
 }
 
 /// Where Tether keeps what must outlive its process.
@@ -284,6 +304,9 @@ pub struct AppConfig {
     pub health_path: String,
     pub webhook_timeout: Duration,
     pub connect_timeout: Duration,
+    /// A request proxied to the app gets its response head within this; the body then
+    /// streams without a bound.
+    pub request_timeout: Duration,
 }
 
 /// The cloud side.
@@ -375,6 +398,37 @@ pub struct BufferConfig {
     pub down_max_age: Duration,
     /// Across every session.
     pub global_max_bytes: usize,
+}
+
+/// What a peer of any listener may hold: time (each phase of a connection where it can
+/// stall) and connections (a cap per listener, so one listener never starves another).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// A new connection's first bytes, then each complete request head (HTTP/1), must
+    /// arrive within this. hyper re-arms the same timer when an HTTP/1 connection goes
+    /// idle, so it also bounds HTTP/1 keep-alive idle time.
+    pub header_read_timeout: Duration,
+    /// Longest silence inside a request body being relayed; a webhook body (read whole)
+    /// must be complete within it.
+    pub body_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this (HTTP/2 with GOAWAY;
+    /// HTTP/1 is closed sooner by the header timer).
+    pub idle_timeout: Duration,
+    /// A peer that takes none of the bytes Tether is writing to it for this long is cut.
+    pub send_timeout: Duration,
+    /// A protocol upgrade (WebSocket) must complete within this after its request.
+    pub upgrade_timeout: Duration,
+    /// HTTP/2: a PING goes out after this much silence; no answer within the timeout
+    /// closes the connection.
+    pub h2_keepalive_interval: Duration,
+    pub h2_keepalive_timeout: Duration,
+    /// HTTP/2 streams one connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
+    /// Open connections per listener, upgraded ones included; more are accepted and
+    /// closed at once.
+    pub max_connections_public: usize,
+    pub max_connections_local: usize,
+    pub max_connections_admin: usize,
 }
 
 /// Logging.
@@ -645,6 +699,12 @@ fn validate(raw: RawConfig, api_key: Secret, admin_token: Secret) -> Result<Conf
             2_000,
             60_000,
         )?,
+        request_timeout: millis(
+            "app.request_timeout_ms",
+            raw.app.request_timeout_ms,
+            60_000,
+            3_600_000,
+        )?,
     };
     let mut cloud = CloudConfig {
         ws_url: match raw.cloud.ws_url.filter(|s| !s.trim().is_empty()) {
@@ -903,6 +963,7 @@ fn validate(raw: RawConfig, api_key: Secret, admin_token: Secret) -> Result<Conf
             .filter(|s| !s.is_empty()),
         show_user_ids: raw.admin.show_user_ids.unwrap_or(false),
     };
+    let http = validate_http(raw.http)?;
     Ok(Config {
         listen,
         app,
@@ -914,6 +975,76 @@ fn validate(raw: RawConfig, api_key: Secret, admin_token: Secret) -> Result<Conf
         log,
         state,
         admin,
+        http,
+    })
+}
+
+/// A connection cap: at least 1, at most what one process could hold.
+fn cap(key: &str, value: Option<usize>, default: usize) -> Result<usize, ConfigError> {
+    let n = value.unwrap_or(default);
+    if !(1..=1_000_000).contains(&n) {
+        return Err(invalid(
+            key,
+            format!("must be between 1 and 1000000, got {n}"),
+        ));
+    }
+    Ok(n)
+}
+
+fn validate_http(rh: RawHttp) -> Result<HttpConfig, ConfigError> {
+    let streams = rh.h2_max_concurrent_streams.unwrap_or(100);
+    if !(1..=10_000).contains(&streams) {
+        return Err(invalid(
+            "http.h2_max_concurrent_streams",
+            format!("must be between 1 and 10000, got {streams}"),
+        ));
+    }
+    Ok(HttpConfig {
+        header_read_timeout: millis(
+            "http.header_read_timeout_ms",
+            rh.header_read_timeout_ms,
+            10_000,
+            600_000,
+        )?,
+        body_read_timeout: millis(
+            "http.body_read_timeout_ms",
+            rh.body_read_timeout_ms,
+            30_000,
+            600_000,
+        )?,
+        idle_timeout: millis(
+            "http.idle_timeout_ms",
+            rh.idle_timeout_ms,
+            60_000,
+            3_600_000,
+        )?,
+        send_timeout: millis("http.send_timeout_ms", rh.send_timeout_ms, 30_000, 600_000)?,
+        upgrade_timeout: millis(
+            "http.upgrade_timeout_ms",
+            rh.upgrade_timeout_ms,
+            10_000,
+            600_000,
+        )?,
+        h2_keepalive_interval: millis(
+            "http.h2_keepalive_interval_ms",
+            rh.h2_keepalive_interval_ms,
+            20_000,
+            3_600_000,
+        )?,
+        h2_keepalive_timeout: millis(
+            "http.h2_keepalive_timeout_ms",
+            rh.h2_keepalive_timeout_ms,
+            10_000,
+            600_000,
+        )?,
+        h2_max_concurrent_streams: streams,
+        max_connections_public: cap(
+            "http.max_connections_public",
+            rh.max_connections_public,
+            4096,
+        )?,
+        max_connections_local: cap("http.max_connections_local", rh.max_connections_local, 1024)?,
+        max_connections_admin: cap("http.max_connections_admin", rh.max_connections_admin, 64)?,
     })
 }
 
@@ -987,6 +1118,43 @@ mod tests {
             ("cloud:\n  ws_url: http://x/app-ws\n", "cloud.ws_url"),
             ("limits:\n  max_frame_bytes: 10\n", "limits.max_frame_bytes"),
             ("version: 2\n", "version"),
+        ] {
+            let err = Config::from_yaml(yaml).expect_err(yaml).to_string();
+            assert!(err.starts_with(key), "{yaml:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn http_bounds_default_sanely_and_refuse_nonsense() {
+        let c = Config::from_yaml("").expect("defaults");
+        assert_eq!(c.http.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.app.request_timeout, Duration::from_secs(60));
+        assert_eq!(
+            (
+                c.http.max_connections_public,
+                c.http.max_connections_local,
+                c.http.max_connections_admin
+            ),
+            (4096, 1024, 64)
+        );
+        let c = Config::from_yaml("http:\n  idle_timeout_ms: 250\n  max_connections_admin: 3\n")
+            .expect("cfg");
+        assert_eq!(c.http.idle_timeout, Duration::from_millis(250));
+        assert_eq!(c.http.max_connections_admin, 3);
+        for (yaml, key) in [
+            (
+                "http:\n  header_read_timeout_ms: 0\n",
+                "http.header_read_timeout_ms",
+            ),
+            (
+                "http:\n  max_connections_public: 0\n",
+                "http.max_connections_public",
+            ),
+            (
+                "http:\n  h2_max_concurrent_streams: 0\n",
+                "http.h2_max_concurrent_streams",
+            ),
+            ("app:\n  request_timeout_ms: 0\n", "app.request_timeout_ms"),
         ] {
             let err = Config::from_yaml(yaml).expect_err(yaml).to_string();
             assert!(err.starts_with(key), "{yaml:?} -> {err}");

@@ -1,7 +1,8 @@
 //! What a new configuration changes, key by key, and which changes a running Tether can
 //! apply at once (limits, timeouts, buffer bounds, log level, the admin token and user-id
-//! masking) or only after a restart (the listeners it has bound). Pure: the reload loop
-//! itself lives with the runtime.
+//! masking) or only after a restart (the listeners it has bound). The `http.*` timeouts and
+//! connection caps are hot: each listener reads them per accepted connection, so they apply
+//! to new connections. Pure: the reload loop itself lives with the runtime.
 
 use std::collections::BTreeMap;
 
@@ -52,6 +53,7 @@ impl Config {
             ("app.health_path", c.app.health_path.clone()),
             ("app.webhook_timeout_ms", ms(c.app.webhook_timeout)),
             ("app.connect_timeout_ms", ms(c.app.connect_timeout)),
+            ("app.request_timeout_ms", ms(c.app.request_timeout)),
             (
                 "cloud.ws_url",
                 opt(c.cloud.ws_url.as_ref().map(|u| u.to_string())),
@@ -158,6 +160,38 @@ impl Config {
             (
                 "registration.backoff_max_ms",
                 ms(c.registration.backoff_max),
+            ),
+            (
+                "http.header_read_timeout_ms",
+                ms(c.http.header_read_timeout),
+            ),
+            ("http.body_read_timeout_ms", ms(c.http.body_read_timeout)),
+            ("http.idle_timeout_ms", ms(c.http.idle_timeout)),
+            ("http.send_timeout_ms", ms(c.http.send_timeout)),
+            ("http.upgrade_timeout_ms", ms(c.http.upgrade_timeout)),
+            (
+                "http.h2_keepalive_interval_ms",
+                ms(c.http.h2_keepalive_interval),
+            ),
+            (
+                "http.h2_keepalive_timeout_ms",
+                ms(c.http.h2_keepalive_timeout),
+            ),
+            (
+                "http.h2_max_concurrent_streams",
+                c.http.h2_max_concurrent_streams.to_string(),
+            ),
+            (
+                "http.max_connections_public",
+                c.http.max_connections_public.to_string(),
+            ),
+            (
+                "http.max_connections_local",
+                c.http.max_connections_local.to_string(),
+            ),
+            (
+                "http.max_connections_admin",
+                c.http.max_connections_admin.to_string(),
             ),
             ("log.level", c.log.level.clone()),
             ("log.format", format!("{:?}", c.log.format).to_lowercase()),

@@ -143,11 +143,22 @@ fn accept(shared: Arc<Shared>, mut req: Request<Incoming>, target: Target) -> Re
         shared.config().limits.ws_read_buffer_bytes,
     );
     let tracker = shared.tracker.clone();
+    let wait = shared.config().http.upgrade_timeout;
     tracker.spawn(async move {
-        let upgraded = match upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
+        // hyper hands the socket over only once the request is fully read and the 101
+        // written: a client that never finishes its request would park this task for good.
+        let upgraded = match tokio::time::timeout(wait, upgrade).await {
+            Ok(Ok(u)) => u,
+            Ok(Err(e)) => {
                 tracing::debug!(hop = "app", error = %e, "upgrade failed");
+                return;
+            }
+            Err(_) => {
+                shared
+                    .metrics
+                    .listener(crate::serve::Listener::Local)
+                    .timeout(crate::serve::Stage::Upgrade);
+                tracing::debug!(hop = "app", "WebSocket upgrade did not complete in time");
                 return;
             }
         };

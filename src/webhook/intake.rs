@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -24,9 +23,6 @@ use crate::session::registry::WebhookRecord;
 use crate::session::task::Command;
 use std::sync::atomic::Ordering;
 
-/// How long a webhook body may take to arrive.
-const BODY_READ: Duration = Duration::from_secs(10);
-
 /// Handles one webhook POST from `peer`.
 pub async fn handle(
     shared: Arc<Shared>,
@@ -40,20 +36,22 @@ pub async fn handle(
     };
     let (parts, body) = req.into_parts();
     let limit = shared.config().limits.max_webhook_body_bytes;
-    let bytes = match tokio::time::timeout(BODY_READ, Limited::new(body, limit).collect()).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) => {
+    let bytes = match crate::serve::read_within(
+        Limited::new(body, limit).collect(),
+        shared.config().http.body_read_timeout,
+    )
+    .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is_timeout() => {
+            shared.metrics.webhook("unreadable", "rejected");
+            return json_error(StatusCode::REQUEST_TIMEOUT, &format!("webhook body {e}"));
+        }
+        Err(e) => {
             shared.metrics.webhook("unreadable", "rejected");
             return json_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("webhook body unreadable or over {limit} bytes: {e}"),
-            );
-        }
-        Err(_) => {
-            shared.metrics.webhook("unreadable", "rejected");
-            return json_error(
-                StatusCode::REQUEST_TIMEOUT,
-                &format!("webhook body not received within {} s", BODY_READ.as_secs()),
             );
         }
     };
