@@ -31,8 +31,12 @@ use crate::protocol::{Direction, Kind, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_T
 /// the ack), so this only bounds a misbehaving client.
 pub const MAX_PENDING_UP: usize = 256;
 
+/// Bytes of those frames: one frame of the cloud's own limit.
+pub const MAX_PENDING_UP_BYTES: usize = 16 << 20;
+
 /// Frames sent to the app and not yet proven delivered; past this the oldest lose their
-/// replay guarantee (an app library that never answers pings).
+/// replay guarantee (an app library that never answers pings). Their payloads are also kept
+/// within the cloud->app buffer's byte bound, which is all a successor could be replayed.
 pub const MAX_UNACKED: usize = 4096;
 
 /// How long after an abrupt loss, with the app still healthy, Tether waits for the SDK to
@@ -326,8 +330,10 @@ pub struct Session {
     /// The set the cloud holds (the last `subscription_update` sent up).
     cloud_subs: Option<SubSet>,
     buffer: ReplayBuffer,
-    /// Frames sent to the app, not yet covered by a pong: (sequence number, entry).
-    unacked: VecDeque<(u64, Entry)>,
+    /// Frames sent to the app, not yet covered by a pong, oldest first.
+    unacked: VecDeque<Unproven>,
+    /// Payload bytes held in `unacked`.
+    unacked_bytes: usize,
     sent: u64,
     ping_outstanding: Option<u64>,
     pong_seen: bool,
@@ -348,6 +354,18 @@ pub struct Session {
     resurrecting: bool,
     /// When the cloud last refused a re-init (the resurrection wait runs from here).
     refused_at: Option<Instant>,
+}
+
+/// A frame sent to the app and not yet covered by a pong.
+#[derive(Debug)]
+struct Unproven {
+    seq: u64,
+    kind: Kind,
+    stream: &'static str,
+    len: usize,
+    /// What a successor would be replayed; `None` once let go to keep the unproven bytes
+    /// within the cloud->app buffer's byte bound (the buffer could not have held it).
+    entry: Option<Entry>,
 }
 
 /// Rewrites URLs the app built on Tether's local base back to the cloud's base.
@@ -395,6 +413,7 @@ impl Session {
             cloud_subs: None,
             buffer,
             unacked: VecDeque::new(),
+            unacked_bytes: 0,
             sent: 0,
             ping_outstanding: None,
             pong_seen: false,
@@ -479,7 +498,8 @@ impl Session {
             AppLink::Down { .. } => return,
         }
         if let CloudLink::Dialing { pending } = &mut self.cloud {
-            if pending.len() >= MAX_PENDING_UP {
+            let held: usize = pending.iter().map(Frame::len).sum();
+            if pending.len() >= MAX_PENDING_UP || held + frame.len() > MAX_PENDING_UP_BYTES {
                 let close = Close::new(CLOSE_TOO_BIG, "Too many frames before ack");
                 self.end(EndReason::Oversized, Some(Some(close)), None, out);
             } else {
@@ -580,18 +600,52 @@ impl Session {
     fn send_app(&mut self, frame: Frame, kind: Kind, now: Instant, out: &mut Vec<Action>) {
         self.sent += 1;
         if self.unacked.len() >= MAX_UNACKED {
-            self.unacked.pop_front();
+            if let Some(u) = self.unacked.pop_front() {
+                self.unacked_bytes -= u.entry.map_or(0, |e| e.frame.len());
+            }
         }
         let (stream, class) = super::buffer::classify(&frame, kind);
-        let entry = Entry {
+        let len = frame.len();
+        // A frame the buffer could never hold is not kept for a replay either: a large
+        // frame must not stay in memory after it was written. Nor is the handshake: the
+        // next socket gets its own answer.
+        let replayable = kind != Kind::ConnectionAck;
+        let entry = (replayable && len <= self.settings.down_buffer.max_bytes).then(|| Entry {
             frame: frame.clone(),
             kind,
             stream,
             class,
             at: now,
-        };
-        self.unacked.push_back((self.sent, entry));
+        });
+        if entry.is_some() {
+            self.unacked_bytes += len;
+        }
+        self.unacked.push_back(Unproven {
+            seq: self.sent,
+            kind,
+            stream,
+            len,
+            entry,
+        });
+        self.trim_unacked();
         out.push(Action::SendApp(frame, kind));
+    }
+
+    /// Lets payloads go until the unproven bytes fit the cloud->app buffer's byte bound,
+    /// by the buffer's own policy: droppable streams first, then the oldest.
+    fn trim_unacked(&mut self) {
+        while self.unacked_bytes > self.settings.down_buffer.max_bytes {
+            let held = |u: &Unproven| u.entry.as_ref().map(|e| e.class);
+            let victim = self
+                .unacked
+                .iter()
+                .position(|u| held(u) == Some(super::buffer::Class::Droppable))
+                .or_else(|| self.unacked.iter().position(|u| held(u).is_some()));
+            let Some(entry) = victim.and_then(|i| self.unacked[i].entry.take()) else {
+                return;
+            };
+            self.unacked_bytes -= entry.frame.len();
+        }
     }
 
     /// One ping in flight at a time, carrying the count of frames sent before it.
@@ -617,8 +671,10 @@ impl Session {
             return;
         }
         self.ping_outstanding = None;
-        while self.unacked.front().is_some_and(|(seq, _)| *seq <= acked) {
-            self.unacked.pop_front();
+        while self.unacked.front().is_some_and(|u| u.seq <= acked) {
+            if let Some(u) = self.unacked.pop_front() {
+                self.unacked_bytes -= u.entry.map_or(0, |e| e.frame.len());
+            }
         }
         if matches!(self.app, AppLink::Up { .. }) {
             self.ping_if_idle(out);
@@ -644,7 +700,7 @@ impl Session {
             return;
         }
         out.push(Action::AbortApp);
-        self.requeue_unacked();
+        self.requeue_unacked(out);
         self.app = AppLink::Down {
             since: now,
             crashed: !self.app_healthy,
@@ -654,16 +710,35 @@ impl Session {
         };
     }
 
-    /// Frames without a delivery proof go back to the front of the buffer, in order. The
-    /// handshake is not among them: the next socket gets its own answer.
-    fn requeue_unacked(&mut self) {
-        let unacked: Vec<Entry> = self
-            .unacked
-            .drain(..)
-            .map(|(_, e)| e)
-            .filter(|e| e.kind != Kind::ConnectionAck)
-            .collect();
-        self.buffer.prepend(unacked);
+    /// Frames without a delivery proof go back to the front of the buffer, in order, within
+    /// its bounds; those it cannot hold are counted as dropped. The handshake is not among
+    /// them: the next socket gets its own answer.
+    fn requeue_unacked(&mut self, out: &mut Vec<Action>) {
+        let max_bytes = self.settings.down_buffer.max_bytes;
+        let mut entries = Vec::with_capacity(self.unacked.len());
+        for u in self.unacked.drain(..) {
+            if u.kind == Kind::ConnectionAck {
+                continue;
+            }
+            match u.entry {
+                Some(e) => entries.push(e),
+                None => out.push(Action::Dropped(Dropped {
+                    stream: u.stream,
+                    reason: if u.len > max_bytes {
+                        "too_big"
+                    } else {
+                        "overflow"
+                    },
+                })),
+            }
+        }
+        self.unacked_bytes = 0;
+        out.extend(
+            self.buffer
+                .prepend(entries)
+                .into_iter()
+                .map(Action::Dropped),
+        );
         self.ping_outstanding = None;
     }
 
@@ -720,7 +795,7 @@ impl Session {
         };
         if matches!(self.app, AppLink::Up { .. }) {
             // The SDK replaced a socket Tether still thought alive: its unproven frames go again.
-            self.requeue_unacked();
+            self.requeue_unacked(out);
         }
         for (frame, kind) in self.cache.replay(&crate::protocol::now_iso8601()) {
             out.push(Action::SendApp(frame, kind));

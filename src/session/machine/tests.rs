@@ -436,6 +436,94 @@ fn oversized_frames_close_both_legs_with_1009() {
     );
 }
 
+#[test]
+fn frames_before_the_cloud_socket_is_up_are_bounded_by_bytes_too() {
+    let t0 = Instant::now();
+    let mut s = new_session(t0);
+    let half = Frame::Binary(vec![0; MAX_PENDING_UP_BYTES / 2].into());
+    assert!(s.handle(Event::AppFrame(half.clone()), t0).is_empty());
+    assert!(s.handle(Event::AppFrame(half), t0).is_empty());
+    let a = s.handle(Event::AppFrame(Frame::Binary(vec![0; 1].into())), t0);
+    assert_eq!(
+        a,
+        vec![Action::CloseApp(Some(Close::new(
+            1009,
+            "Too many frames before ack"
+        )))]
+    );
+}
+
+fn small_buffer_session(now: Instant, max_bytes: usize) -> Session {
+    let settings = Settings {
+        down_buffer: super::super::buffer::Limits {
+            max_frames: 1000,
+            max_bytes,
+            max_age: Duration::from_secs(60),
+        },
+        ..Settings::default()
+    };
+    let (mut s, _) = Session::start(
+        "s".into(),
+        init("k"),
+        UrlMap::default(),
+        settings,
+        GlobalBytes::new(1 << 30),
+        now,
+    );
+    s.handle(Event::CloudConnected, now);
+    s.handle(Event::CloudFrame(text(ACK)), now);
+    s.handle(Event::AppFrame(text(SUB_TX)), now);
+    s
+}
+
+fn dropped(actions: &[Action]) -> Vec<Dropped> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Dropped(d) => Some(*d),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn unproven_frames_are_kept_within_the_buffer_byte_bound_and_the_rest_counted() {
+    let t0 = Instant::now();
+    let mut s = small_buffer_session(t0, 100);
+    let big = Frame::Binary(vec![1; 150].into());
+    let a = s.handle(Event::CloudFrame(big.clone()), t0);
+    assert_eq!(sent_to_app(&a), vec![big], "delivered whatever its size");
+    let chunk = |n: u8| Frame::Binary(vec![n; 40].into());
+    for n in 1..=3 {
+        s.handle(Event::CloudFrame(chunk(n)), t0);
+    }
+    // The app dies before proving any of it: only what the buffer could hold comes back.
+    let a = s.handle(Event::AppLost, t0 + ms(1));
+    let mut d = dropped(&a);
+    d.sort_by_key(|d| d.reason);
+    assert_eq!(
+        d,
+        vec![
+            Dropped {
+                stream: "audio",
+                reason: "overflow"
+            },
+            Dropped {
+                stream: "audio",
+                reason: "too_big"
+            },
+        ]
+    );
+    assert_eq!(s.buffered(t0).1, 80, "two 40-byte chunks held of 100 bytes");
+    s.handle(Event::AppAttach(init("k")), t0 + ms(10));
+    let a = s.handle(Event::AppFrame(text(SUB_TX)), t0 + ms(20));
+    assert_eq!(
+        sent_to_app(&a),
+        vec![chunk(2), chunk(3)],
+        "newest kept, in order"
+    );
+}
+
 // === the cloud link ===
 
 fn display(view: &str, n: u32) -> Frame {
