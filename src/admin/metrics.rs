@@ -162,7 +162,7 @@ impl Metrics {
         let oversized = per_dir(
             &mut registry,
             "oversized_frames",
-            "Frames over limits.max_frame_bytes; the sending leg is closed with 1009",
+            "Frames over the reading leg's limit (limits.max_frame_bytes_up for app frames, _down for cloud frames); that leg is closed with 1009",
         );
         let sessions = Family::<StateLabels, Gauge>::default();
         registry.register("sessions", "Sessions by state", sessions.clone());
@@ -243,7 +243,7 @@ impl Metrics {
         let cloud_disconnects = Family::<CauseLabels, Counter>::default();
         registry.register(
             "cloud_disconnects",
-            "Cloud links lost and being healed, by cause (closed, lost, silent)",
+            "Cloud links lost and being healed, by cause (closed, lost, silent, oversized)",
             cloud_disconnects.clone(),
         );
         let cloud_reconnect_attempts = Counter::default();

@@ -26,13 +26,26 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("TETHER_API_KEY", "app.api_key (secret)"),
     ("TETHER_API_KEY_FILE", "app.api_key_file"),
     ("TETHER_CLOUD_WS_URL", "cloud.ws_url"),
-    ("TETHER_MAX_FRAME_BYTES", "limits.max_frame_bytes"),
+    (
+        "TETHER_MAX_FRAME_BYTES",
+        "limits.max_frame_bytes (both legs)",
+    ),
+    ("TETHER_MAX_FRAME_BYTES_UP", "limits.max_frame_bytes_up"),
+    ("TETHER_MAX_FRAME_BYTES_DOWN", "limits.max_frame_bytes_down"),
     ("TETHER_LOG_LEVEL", "log.level"),
     ("TETHER_LOG_FORMAT", "log.format"),
 ];
 
-/// Largest frame accepted on either WebSocket leg by default: the cloud's own limit (16 MiB).
-pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// Largest frame read from the app (app -> cloud) by default: the cloud's own limit (16 MiB),
+/// so Tether refuses nothing the cloud would take.
+pub const DEFAULT_MAX_FRAME_BYTES_UP: usize = 16 * 1024 * 1024;
+
+/// Largest frame read from the cloud (cloud -> app) by default: the SDK's own limit (its `ws`
+/// client accepts up to 100 MiB), so Tether refuses nothing the app would take.
+pub const DEFAULT_MAX_FRAME_BYTES_DOWN: usize = 100 * 1024 * 1024;
+
+/// Bounds of every frame limit.
+const FRAME_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=256 * 1024 * 1024;
 
 /// Errors found while loading or validating configuration.
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +184,10 @@ struct RawRegistration {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
+    /// Sets both legs; the per-leg keys win over it.
     max_frame_bytes: Option<usize>,
+    max_frame_bytes_up: Option<usize>,
+    max_frame_bytes_down: Option<usize>,
     max_webhook_body_bytes: Option<usize>,
     ws_read_buffer_bytes: Option<usize>,
     init_timeout_ms: Option<u64>,
@@ -263,7 +279,10 @@ pub struct RegistrationConfig {
 /// Size and time limits.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    pub max_frame_bytes: usize,
+    /// Largest frame read from the app socket (app -> cloud).
+    pub max_frame_bytes_up: usize,
+    /// Largest frame read from the cloud socket (cloud -> app).
+    pub max_frame_bytes_down: usize,
     pub max_webhook_body_bytes: usize,
     pub ws_read_buffer_bytes: usize,
     pub init_timeout: Duration,
@@ -375,13 +394,26 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Resul
     set(&mut raw.app.api_key_file, "TETHER_API_KEY_FILE");
     set(&mut raw.cloud.ws_url, "TETHER_CLOUD_WS_URL");
     set(&mut raw.log.level, "TETHER_LOG_LEVEL");
-    if let Some(v) = env("TETHER_MAX_FRAME_BYTES") {
-        raw.limits.max_frame_bytes = Some(v.trim().parse().map_err(|_| {
-            invalid(
-                "TETHER_MAX_FRAME_BYTES",
-                format!("expected a byte count, got {v:?}"),
-            )
-        })?);
+    let bytes = |var: &str| -> Result<Option<usize>, ConfigError> {
+        env(var)
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .map_err(|_| invalid(var, format!("expected a byte count, got {v:?}")))
+            })
+            .transpose()
+    };
+    if let Some(n) = bytes("TETHER_MAX_FRAME_BYTES")? {
+        // The environment wins over the file, the per-leg keys included.
+        raw.limits.max_frame_bytes = Some(n);
+        raw.limits.max_frame_bytes_up = Some(n);
+        raw.limits.max_frame_bytes_down = Some(n);
+    }
+    if let Some(n) = bytes("TETHER_MAX_FRAME_BYTES_UP")? {
+        raw.limits.max_frame_bytes_up = Some(n);
+    }
+    if let Some(n) = bytes("TETHER_MAX_FRAME_BYTES_DOWN")? {
+        raw.limits.max_frame_bytes_down = Some(n);
     }
     if let Some(v) = env("TETHER_LOG_FORMAT") {
         raw.log.format = Some(match v.trim() {
@@ -585,16 +617,26 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
             "needs registration.enabled: true",
         ));
     }
-    let max_frame_bytes = raw
-        .limits
-        .max_frame_bytes
-        .unwrap_or(DEFAULT_MAX_FRAME_BYTES);
-    if !(1024..=256 * 1024 * 1024).contains(&max_frame_bytes) {
-        return Err(invalid(
-            "limits.max_frame_bytes",
-            "must be between 1 KiB and 256 MiB",
-        ));
-    }
+    let frame_limit = |key: &str, value: Option<usize>| -> Result<Option<usize>, ConfigError> {
+        match value {
+            Some(n) if !FRAME_BYTES_RANGE.contains(&n) => Err(invalid(
+                key,
+                format!("must be between 1 KiB and 256 MiB (1024 to 268435456), got {n}"),
+            )),
+            v => Ok(v),
+        }
+    };
+    let both = frame_limit("limits.max_frame_bytes", raw.limits.max_frame_bytes)?;
+    let max_frame_bytes_up =
+        frame_limit("limits.max_frame_bytes_up", raw.limits.max_frame_bytes_up)?
+            .or(both)
+            .unwrap_or(DEFAULT_MAX_FRAME_BYTES_UP);
+    let max_frame_bytes_down = frame_limit(
+        "limits.max_frame_bytes_down",
+        raw.limits.max_frame_bytes_down,
+    )?
+    .or(both)
+    .unwrap_or(DEFAULT_MAX_FRAME_BYTES_DOWN);
     let ws_read_buffer_bytes = raw.limits.ws_read_buffer_bytes.unwrap_or(16 * 1024);
     if !(1024..=1024 * 1024).contains(&ws_read_buffer_bytes) {
         return Err(invalid(
@@ -603,7 +645,8 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
         ));
     }
     let limits = Limits {
-        max_frame_bytes,
+        max_frame_bytes_up,
+        max_frame_bytes_down,
         max_webhook_body_bytes: raw.limits.max_webhook_body_bytes.unwrap_or(1024 * 1024),
         ws_read_buffer_bytes,
         init_timeout: millis(
@@ -690,7 +733,8 @@ mod tests {
         assert_eq!(c.listen.public.to_string(), "0.0.0.0:8080");
         assert_eq!(c.listen.local.to_string(), "127.0.0.1:8081");
         assert_eq!(c.app.url.as_str(), "http://127.0.0.1:7010/");
-        assert_eq!(c.limits.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
+        assert_eq!(c.limits.max_frame_bytes_up, DEFAULT_MAX_FRAME_BYTES_UP);
+        assert_eq!(c.limits.max_frame_bytes_down, DEFAULT_MAX_FRAME_BYTES_DOWN);
     }
 
     #[test]
@@ -734,6 +778,45 @@ mod tests {
         ] {
             let err = Config::from_yaml(yaml).expect_err(yaml).to_string();
             assert!(err.starts_with(key), "{yaml:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn frame_limits_are_per_leg_and_the_old_key_sets_both() {
+        let c = Config::from_yaml("limits:\n  max_frame_bytes: 4096\n").expect("cfg");
+        assert_eq!(
+            (c.limits.max_frame_bytes_up, c.limits.max_frame_bytes_down),
+            (4096, 4096)
+        );
+        let c =
+            Config::from_yaml("limits:\n  max_frame_bytes: 4096\n  max_frame_bytes_down: 8192\n")
+                .expect("cfg");
+        assert_eq!(
+            (c.limits.max_frame_bytes_up, c.limits.max_frame_bytes_down),
+            (4096, 8192)
+        );
+        // The environment wins over the file; its per-leg variables over its shared one.
+        let env = env_of(&[
+            ("TETHER_MAX_FRAME_BYTES", "2048"),
+            ("TETHER_MAX_FRAME_BYTES_UP", "3072"),
+        ]);
+        let yaml = "limits:\n  max_frame_bytes_up: 9999\n  max_frame_bytes_down: 9999\n";
+        let c = Config::from_sources(Some(yaml), "t", &env).expect("cfg");
+        assert_eq!(
+            (c.limits.max_frame_bytes_up, c.limits.max_frame_bytes_down),
+            (3072, 2048)
+        );
+        let env = env_of(&[("TETHER_MAX_FRAME_BYTES_DOWN", "lots")]);
+        let err = Config::from_sources(None, "t", &env).expect_err("not a number");
+        assert!(
+            err.to_string().starts_with("TETHER_MAX_FRAME_BYTES_DOWN"),
+            "{err}"
+        );
+        for key in ["max_frame_bytes_up", "max_frame_bytes_down"] {
+            let err = Config::from_yaml(&format!("limits:\n  {key}: 268435457\n"))
+                .expect_err(key)
+                .to_string();
+            assert!(err.starts_with(&format!("limits.{key}")), "{err}");
         }
     }
 

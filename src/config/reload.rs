@@ -64,8 +64,12 @@ impl Config {
             ("cloud.resurrection_wait_ms", ms(c.cloud.resurrection_wait)),
             ("cloud.stop_hold_ms", ms(c.cloud.stop_hold)),
             (
-                "limits.max_frame_bytes",
-                c.limits.max_frame_bytes.to_string(),
+                "limits.max_frame_bytes_up",
+                c.limits.max_frame_bytes_up.to_string(),
+            ),
+            (
+                "limits.max_frame_bytes_down",
+                c.limits.max_frame_bytes_down.to_string(),
             ),
             (
                 "limits.max_webhook_body_bytes",

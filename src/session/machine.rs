@@ -462,15 +462,8 @@ impl Session {
                 }
             }
             Event::StopRequested => self.stopping = true,
-            Event::TooBig(_) => {
-                let close = Close::new(CLOSE_TOO_BIG, "Message too big");
-                self.end(
-                    EndReason::Oversized,
-                    Some(Some(close.clone())),
-                    Some(Some(close)),
-                    &mut out,
-                );
-            }
+            Event::TooBig(Direction::Up) => self.on_app_too_big(now, &mut out),
+            Event::TooBig(Direction::Down) => self.on_cloud_too_big(now, &mut out),
             Event::Tick => self.on_tick(now, &mut out),
             Event::Shutdown => {
                 let to_cloud = Close::new(CLOSE_GOING_AWAY, "Tether shutting down");
@@ -686,8 +679,7 @@ impl Session {
         if matches!(self.app, AppLink::Down { .. }) {
             return;
         }
-        let has_ack = self.cache.has_ack();
-        if self.stopping || self.terminal || !has_ack {
+        if self.stopping || self.terminal || !self.cache.has_ack() {
             // Meant (a stop is under way), or nothing cached to answer a new init with:
             // behave as the direct connection would have.
             match close {
@@ -700,6 +692,12 @@ impl Session {
             return;
         }
         out.push(Action::AbortApp);
+        self.hold_app(close, now, out);
+    }
+
+    /// The app socket is gone (already closed or dropped) and the session is held for it:
+    /// unproven frames go back to the buffer, which takes cloud frames until it returns.
+    fn hold_app(&mut self, close: Option<Option<Close>>, now: Instant, out: &mut Vec<Action>) {
         self.requeue_unacked(out);
         self.app = AppLink::Down {
             since: now,
@@ -708,6 +706,29 @@ impl Session {
             healthy_at: None,
             refire: Refire::Idle,
         };
+    }
+
+    /// The app sent a frame over the app->cloud limit (the cloud's own, which would have
+    /// closed its socket with 1009). Its socket is closed with 1009; the SDK reconnects
+    /// after that code (PROTOCOL §11.2) and is answered from the cache, so the cloud sees
+    /// nothing. Without an ack to answer with, or when the session is ending anyway, both
+    /// legs close with 1009.
+    fn on_app_too_big(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let close = Close::new(CLOSE_TOO_BIG, "Message too big");
+        if !self.app_is_connected() {
+            return;
+        }
+        if self.stopping || self.terminal || !self.cache.has_ack() {
+            self.end(
+                EndReason::Oversized,
+                Some(Some(close.clone())),
+                Some(Some(close)),
+                out,
+            );
+            return;
+        }
+        out.push(Action::CloseApp(Some(close)));
+        self.hold_app(None, now, out);
     }
 
     /// Frames without a delivery proof go back to the front of the buffer, in order, within

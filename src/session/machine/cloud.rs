@@ -123,6 +123,39 @@ impl Session {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
+        self.drop_link(cause, Action::AbortCloud, now, out);
+    }
+
+    /// A cloud frame over the cloud->app limit (the SDK's own, whose `ws` client would have
+    /// closed with 1009 and reconnected). Tether closes the cloud socket with 1009 and heals
+    /// the link as for any other loss, so the app sees nothing but the frame's absence.
+    /// Without an ack to re-init from, or when the session is ending anyway, both legs
+    /// close with 1009.
+    pub(super) fn on_cloud_too_big(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let close = Close::new(CLOSE_TOO_BIG, "Message too big");
+        let healable = !self.stopping && !self.terminal && self.cache.has_ack();
+        match self.cloud {
+            CloudLink::Up { .. } | CloudLink::Reinit { .. } if healable => {
+                self.drop_link("oversized", Action::CloseCloud(Some(close)), now, out);
+            }
+            _ => self.end(
+                EndReason::Oversized,
+                Some(Some(close.clone())),
+                Some(Some(close)),
+                out,
+            ),
+        }
+    }
+
+    /// Drops the cloud socket with `drop` (an abort, or a close of Tether's own) and heals
+    /// the link, or ends the session when there is nothing to heal it with.
+    fn drop_link(
+        &mut self,
+        cause: &'static str,
+        drop: Action,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         match self.cloud {
             CloudLink::Dialing { .. } => {
                 if self.app_is_connected() {
@@ -132,14 +165,14 @@ impl Session {
             }
             CloudLink::Up { .. } if !self.cache.has_ack() => {
                 // Nothing to re-init from yet: behave as the direct connection would.
-                out.push(Action::AbortCloud);
+                out.push(drop);
                 if self.app_is_connected() {
                     out.push(Action::AbortApp);
                 }
                 self.end(EndReason::CloudLost, None, None, out);
             }
             CloudLink::Up { .. } => {
-                out.push(Action::AbortCloud);
+                out.push(drop);
                 out.push(Action::CloudLinkLost { cause });
                 self.json_pings = 0;
                 // The first try is immediate when Tether found the link dead (silent). When
@@ -158,7 +191,7 @@ impl Session {
                 }
             }
             CloudLink::Reinit { since } => {
-                out.push(Action::AbortCloud);
+                out.push(drop);
                 self.cloud = CloudLink::Down {
                     since,
                     attempt: 1,

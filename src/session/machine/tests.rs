@@ -422,16 +422,91 @@ fn audio_urls_on_the_local_base_are_sent_to_the_cloud_base() {
     assert_eq!(v["requestId"], "r1");
 }
 
+fn too_big() -> Close {
+    Close::new(1009, "Message too big")
+}
+
 #[test]
-fn oversized_frames_close_both_legs_with_1009() {
-    let now = Instant::now();
-    let mut s = live(now);
-    let close = Close::new(1009, "Message too big");
+fn an_oversized_app_frame_closes_only_the_app_leg_and_the_reconnect_is_answered_locally() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    s.handle(Event::CloudFrame(tx(1)), t0); // sent, never proven
+    let a = s.handle(Event::TooBig(Direction::Up), t0 + ms(1));
     assert_eq!(
-        s.handle(Event::TooBig(Direction::Up), now),
+        a,
+        vec![Action::CloseApp(Some(too_big()))],
+        "the cloud leg is kept"
+    );
+    assert_eq!(s.phase(), "app_down");
+    // The SDK reconnects after 1009 (it is not one of its final codes): answered here.
+    let a = s.handle(Event::AppAttach(init("k")), t0 + ms(1000));
+    assert_eq!(a[0], Action::AcceptApp);
+    assert!(sent_to_cloud(&a).is_empty(), "the cloud sees no init");
+    let a = s.handle(Event::AppFrame(text(SUB_TX)), t0 + ms(1010));
+    assert!(sent_to_cloud(&a).is_empty());
+    assert_eq!(
+        sent_to_app(&a),
+        vec![tx(1)],
+        "the unproven frame is replayed"
+    );
+    assert_eq!(s.phase(), "live");
+}
+
+#[test]
+fn an_oversized_frame_before_the_first_ack_closes_both_legs() {
+    let t0 = Instant::now();
+    let mut s = new_session(t0);
+    s.handle(Event::CloudConnected, t0);
+    assert_eq!(
+        s.handle(Event::TooBig(Direction::Up), t0),
         vec![
-            Action::CloseApp(Some(close.clone())),
-            Action::CloseCloud(Some(close))
+            Action::CloseApp(Some(too_big())),
+            Action::CloseCloud(Some(too_big()))
+        ],
+        "nothing cached to answer a reconnect with"
+    );
+    assert_eq!(s.end_reason(), Some(EndReason::Oversized));
+}
+
+#[test]
+fn an_oversized_cloud_frame_heals_the_cloud_link_without_the_app_noticing() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    let a = s.handle(Event::TooBig(Direction::Down), t0);
+    assert_eq!(
+        a,
+        vec![
+            Action::CloseCloud(Some(too_big())),
+            Action::CloudLinkLost { cause: "oversized" }
+        ],
+        "the app hears nothing"
+    );
+    assert_eq!(s.phase(), "cloud_down");
+    // Tether's own close settles before the re-init, like a close from the cloud's side.
+    assert_eq!(s.next_deadline(), Some(t0 + cloud::CLOSE_SETTLE));
+    assert_eq!(
+        s.handle(Event::Tick, t0 + cloud::CLOSE_SETTLE),
+        vec![Action::DialCloud]
+    );
+    assert_eq!(
+        s.handle(Event::CloudConnected, t0 + ms(60)),
+        vec![Action::SendCloud(init("k"), Kind::ConnectionInit)]
+    );
+    let a = s.handle(Event::CloudFrame(text(ACK)), t0 + ms(70));
+    assert!(sent_to_app(&a).is_empty(), "{a:?}");
+    assert_eq!(s.phase(), "live");
+}
+
+#[test]
+fn an_oversized_cloud_frame_during_a_stop_closes_both_legs() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    s.handle(Event::StopRequested, t0);
+    assert_eq!(
+        s.handle(Event::TooBig(Direction::Down), t0),
+        vec![
+            Action::CloseApp(Some(too_big())),
+            Action::CloseCloud(Some(too_big()))
         ]
     );
 }
