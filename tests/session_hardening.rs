@@ -251,3 +251,93 @@ async fn the_old_frame_limit_variable_still_sets_both_legs() {
         1.0
     );
 }
+
+// === a second app socket ===
+
+/// The close a displaced app socket receives.
+const DISPLACED: (u16, &str) = (1000, "Replaced by a newer connection");
+
+#[tokio::test]
+async fn a_second_app_socket_displaces_the_first_with_a_clean_close_and_gets_its_unproven_frames() {
+    let cloud = FakeCloud::bind().await;
+    let mut app = FakeApp::start().await;
+    let tether = tether(&[], &app).await;
+    let id = "dee@example.com-com.example.notes";
+    let mut c = connect_session(&tether, &cloud, &mut app, id).await;
+    // The first socket is not read from now on: it answers no delivery ping.
+    for n in 1..=2 {
+        c.cloud_ws.send(Message::text(tx(n))).await.expect("send");
+    }
+    eventually("both frames written to the first socket", || async {
+        tether
+            .session(id)
+            .await
+            .is_some_and(|r| r["frames_down"].as_u64() == Some(3))
+    })
+    .await;
+
+    let mut second = open_app(&local_url(&c), id, 16 << 20).await;
+    expect_local_ack(&mut second).await;
+    assert_eq!(
+        closed(&mut c.app_ws).await,
+        Some((DISPLACED.0, DISPLACED.1.to_string())),
+        "the displaced SDK stops reconnecting and cleans its session up"
+    );
+    for n in 1..=2 {
+        assert_eq!(text(&mut second).await, tx(n), "unproven frames replayed");
+    }
+    c.cloud_ws.send(Message::text(tx(3))).await.expect("send");
+    assert_eq!(text(&mut second).await, tx(3));
+    second.send(Message::text(display(1))).await.expect("send");
+    cloud_sees_next(&mut c.cloud_ws, &display(1)).await;
+    assert_eq!(
+        tether
+            .metric(r#"tether_app_takeovers_total{outcome="displaced"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn two_clients_taking_a_session_over_in_turn_stop_at_the_bound() {
+    let cloud = FakeCloud::bind().await;
+    let mut app = FakeApp::start().await;
+    let tether = tether(&[], &app).await;
+    let id = "eve@example.com-com.example.notes";
+    let c = connect_session(&tether, &cloud, &mut app, id).await;
+    let (url, mut cloud_ws) = (local_url(&c), c.cloud_ws);
+    let mut current = c.app_ws;
+    // Two SDK processes that reconnect over each other: three takeovers are let through.
+    for _ in 0..3 {
+        let mut newcomer = open_app(&url, id, 16 << 20).await;
+        expect_local_ack(&mut newcomer).await;
+        assert_eq!(
+            closed(&mut current).await,
+            Some((DISPLACED.0, DISPLACED.1.to_string()))
+        );
+        current = newcomer;
+    }
+    // The fourth is refused the way the cloud refuses an init.
+    let mut refused = open_app(&url, id, 16 << 20).await;
+    let err: serde_json::Value = serde_json::from_str(&text(&mut refused).await).expect("json");
+    assert_eq!(err["type"], "tpa_connection_error");
+    assert_eq!(err["code"], "TOO_MANY_TAKEOVERS");
+    let (code, reason) = closed(&mut refused).await.expect("close code");
+    assert_eq!(code, 1008);
+    assert_eq!(Some(reason.as_str()), err["message"].as_str());
+
+    // The socket that holds the session keeps streaming; the cloud saw none of it.
+    cloud_ws.send(Message::text(tx(1))).await.expect("send");
+    assert_eq!(text(&mut current).await, tx(1));
+    current.send(Message::text(display(1))).await.expect("send");
+    cloud_sees_next(&mut cloud_ws, &display(1)).await;
+    let m = tether.metrics().await;
+    assert_eq!(
+        metric_value(&m, r#"tether_app_takeovers_total{outcome="displaced"}"#),
+        3.0
+    );
+    assert_eq!(
+        metric_value(&m, r#"tether_app_takeovers_total{outcome="refused"}"#),
+        1.0
+    );
+}

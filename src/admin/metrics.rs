@@ -95,6 +95,7 @@ pub struct Metrics {
     cloud_reacked_seconds: Histogram,
     resurrections_healed: Counter,
     duplicate_webhooks: Counter,
+    app_takeovers: Family<OutcomeLabels, Counter>,
     heartbeat_bytes: [Counter; 2],
     /// Frames and bytes buffered across sessions; set when scraped.
     pub buffered_frames: Gauge,
@@ -272,6 +273,12 @@ impl Metrics {
             "session_request webhooks for a session Tether already holds, answered without the app",
             duplicate_webhooks.clone(),
         );
+        let app_takeovers = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "app_takeovers",
+            "Second app sockets for a live session: displaced (the first was closed, the newcomer adopted) or refused (past the per-session bound)",
+            app_takeovers.clone(),
+        );
         let hb = Family::<DirLabels, Counter>::default();
         let heartbeat_bytes = Direction::ALL.map(|d| {
             hb.get_or_create(&DirLabels {
@@ -297,6 +304,7 @@ impl Metrics {
             cloud_reacked_seconds,
             resurrections_healed,
             duplicate_webhooks,
+            app_takeovers,
             heartbeat_bytes,
             dropped,
             recoveries,
@@ -439,6 +447,13 @@ impl Metrics {
     /// Counts a duplicate webhook answered without the app.
     pub fn duplicate_webhook(&self) {
         self.duplicate_webhooks.inc();
+    }
+
+    /// Counts a second app socket for a live session (`displaced` or `refused`).
+    pub fn app_takeover(&self, outcome: &'static str) {
+        self.app_takeovers
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     /// Counts heartbeat bytes (`Up` = sent to the cloud).

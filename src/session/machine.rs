@@ -13,7 +13,8 @@
 //! the count of frames sent. The app's WebSocket library answers it only after it has
 //! processed every frame before it, so a pong proves delivery. Frames without that proof
 //! when the app dies are replayed to its successor: nothing the app never processed is
-//! lost, and nothing it did process is sent twice.
+//! lost, and nothing it did process is sent twice. The same holds when a second app socket
+//! takes over a live session: the first is closed and its unproven frames go to the second.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -25,7 +26,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::buffer::{Dropped, Entry, GlobalBytes, Limits, ReplayBuffer};
 use super::cache::{AckCache, InitAuth, SubSet};
 use crate::config::HeartbeatMode;
-use crate::protocol::{Direction, Kind, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_TOO_BIG};
+use crate::protocol::{
+    Direction, Kind, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, CLOSE_TOO_BIG,
+};
 
 /// Frames the app may send before the cloud socket is up; the SDK sends none (it waits for
 /// the ack), so this only bounds a misbehaving client.
@@ -38,6 +41,30 @@ pub const MAX_PENDING_UP_BYTES: usize = 16 << 20;
 /// replay guarantee (an app library that never answers pings). Their payloads are also kept
 /// within the cloud->app buffer's byte bound, which is all a successor could be replayed.
 pub const MAX_UNACKED: usize = 4096;
+
+/// Takeovers of a live session (a second app socket displacing the first) allowed within
+/// [`TAKEOVER_WINDOW`]; past that the newcomer is refused, so two clients that keep
+/// reconnecting over each other cannot ping-pong a session for ever.
+pub const MAX_TAKEOVERS: usize = 3;
+
+/// The sliding window [`MAX_TAKEOVERS`] counts in.
+pub const TAKEOVER_WINDOW: Duration = Duration::from_secs(60);
+
+/// Close sent to an app socket displaced by a newer one for the same session. S-2.1.29
+/// (PROTOCOL §11.2) does not reconnect on 1000, 1001 or 1008, and its `AppServer` (§11.4)
+/// calls `onStop` and forgets the session only on a clean close (1000/1001); after 1008 the
+/// session object lingers. So 1000, normal closure: the displaced client stops reconnecting
+/// (no ping-pong with the newcomer) and cleans its session up. 1001 would say the server is
+/// going away, which is not true of Tether. The reason avoids "App stopped" and "User
+/// session ended", which would tell the SDK the user's session is over.
+pub const DISPLACED_CLOSE: (u16, &str) = (CLOSE_NORMAL, "Replaced by a newer connection");
+
+/// What a newcomer past [`MAX_TAKEOVERS`] is refused with (`tpa_connection_error` code and
+/// message, then close 1008, as the cloud refuses an init).
+pub const TAKEOVER_REFUSAL: (&str, &str) = (
+    "TOO_MANY_TAKEOVERS",
+    "Too many connections for this session; the current one is kept",
+);
 
 /// How long after an abrupt loss, with the app still healthy, Tether waits for the SDK to
 /// reconnect by itself (it retries after 1 s) before re-sending the webhook.
@@ -219,6 +246,15 @@ pub enum Action {
     AbortApp,
     /// Drop the cloud socket without a close frame.
     AbortCloud,
+    /// Close the current app socket with this close: a newer one is taking the session over
+    /// (the `AcceptApp` that follows adopts it). Counted as a takeover.
+    DisplaceApp(Close),
+    /// Refuse the socket that sent the last `AppAttach`, which tried to take over a live
+    /// session past [`MAX_TAKEOVERS`]: `tpa_connection_error`, then 1008. Counted.
+    RefuseTakeover {
+        code: &'static str,
+        message: &'static str,
+    },
     /// Adopt the socket that sent the last `AppAttach` (dropping any previous one).
     AcceptApp,
     /// Refuse that socket: `tpa_connection_error` with this code and message, then 1008.
@@ -354,6 +390,8 @@ pub struct Session {
     resurrecting: bool,
     /// When the cloud last refused a re-init (the resurrection wait runs from here).
     refused_at: Option<Instant>,
+    /// When live sessions were taken over by a newer app socket, within the window.
+    takeovers: VecDeque<Instant>,
 }
 
 /// A frame sent to the app and not yet covered by a pong.
@@ -428,6 +466,7 @@ impl Session {
             rng: settings.seed | 1,
             resurrecting: false,
             refused_at: None,
+            takeovers: VecDeque::new(),
             settings,
         };
         (s, vec![Action::DialCloud])
@@ -795,6 +834,23 @@ impl Session {
                 return;
             }
         }
+        let takeover = self.app_is_connected();
+        if takeover {
+            // A second socket for a session whose app socket is up: another client (or
+            // the same SDK over a link Tether has not seen die) takes the session over.
+            self.takeovers
+                .retain(|at| now.saturating_duration_since(*at) < TAKEOVER_WINDOW);
+            if self.takeovers.len() >= MAX_TAKEOVERS {
+                let (code, message) = TAKEOVER_REFUSAL;
+                out.push(Action::RefuseTakeover { code, message });
+                return;
+            }
+            self.takeovers.push_back(now);
+            let (code, reason) = DISPLACED_CLOSE;
+            out.push(Action::DisplaceApp(Close::new(code, reason)));
+            // What the displaced socket never proved it processed goes to the newcomer.
+            self.requeue_unacked(out);
+        }
         out.push(Action::AcceptApp);
         if !self.cache.has_ack() {
             // The first handshake is still in flight: the cloud answers this init itself.
@@ -814,10 +870,6 @@ impl Session {
             } => healthy_at.unwrap_or(*since).max(*since),
             _ => now,
         };
-        if matches!(self.app, AppLink::Up { .. }) {
-            // The SDK replaced a socket Tether still thought alive: its unproven frames go again.
-            self.requeue_unacked(out);
-        }
         for (frame, kind) in self.cache.replay(&crate::protocol::now_iso8601()) {
             out.push(Action::SendApp(frame, kind));
         }

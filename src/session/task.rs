@@ -410,6 +410,30 @@ impl Driver {
                 self.cloud = None;
                 None
             }
+            Action::DisplaceApp(close) => {
+                self.shared.metrics.app_takeover("displaced");
+                tracing::warn!(
+                    hop = "app",
+                    code = close.code,
+                    "a newer app socket takes the session over; closing the old one"
+                );
+                if let Some(sock) = self.app.take() {
+                    linger_close(sock, Some(close), "app").await;
+                }
+                None
+            }
+            Action::RefuseTakeover { code, message } => {
+                self.shared.metrics.app_takeover("refused");
+                tracing::warn!(
+                    hop = "app",
+                    code,
+                    "too many takeovers of this session; newcomer refused"
+                );
+                if let Some(sock) = self.pending_app.take() {
+                    reject(sock, code, message).await;
+                }
+                None
+            }
             Action::AcceptApp => {
                 tracing::info!(hop = "app", "app reconnected; answered locally");
                 self.app = self.pending_app.take();

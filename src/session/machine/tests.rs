@@ -599,6 +599,106 @@ fn unproven_frames_are_kept_within_the_buffer_byte_bound_and_the_rest_counted() 
     );
 }
 
+// === a second app socket ===
+
+fn displaced() -> Action {
+    let (code, reason) = DISPLACED_CLOSE;
+    Action::DisplaceApp(Close::new(code, reason))
+}
+
+#[test]
+fn a_second_socket_displaces_the_first_cleanly_and_gets_its_unproven_frames() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    s.handle(Event::CloudFrame(tx(1)), t0);
+    s.handle(pong(1), t0);
+    s.handle(pong(2), t0); // frame 1 proven
+    s.handle(Event::CloudFrame(tx(2)), t0); // sent, never proven
+    let a = s.handle(Event::AppAttach(init("k")), t0 + ms(5));
+    assert_eq!(&a[..2], &[displaced(), Action::AcceptApp]);
+    assert_eq!(sent_to_app(&a), vec![text(ACK)], "answered from the cache");
+    assert!(sent_to_cloud(&a).is_empty(), "the cloud sees no init");
+    assert!(!a
+        .iter()
+        .any(|a| matches!(a, Action::CloseCloud(_) | Action::AbortCloud)));
+    // Frames that arrive meanwhile wait behind the unproven one.
+    assert!(s.handle(Event::CloudFrame(tx(3)), t0 + ms(6)).is_empty());
+    let a = s.handle(Event::AppFrame(text(SUB_TX)), t0 + ms(10));
+    assert!(sent_to_cloud(&a).is_empty());
+    assert_eq!(
+        sent_to_app(&a),
+        vec![tx(2), tx(3)],
+        "frame 1 is not sent twice"
+    );
+    assert_eq!(s.phase(), "live");
+}
+
+#[test]
+fn the_displaced_close_stops_the_sdk_and_lets_it_clean_up() {
+    // PROTOCOL §11.2: no reconnect on 1000/1001/1008; §11.4: onStop only on 1000/1001.
+    let (code, reason) = DISPLACED_CLOSE;
+    assert!(matches!(code, 1000 | 1001));
+    assert!(!reason.contains("App stopped") && !reason.contains("User session ended"));
+    assert!(reason.len() <= 123);
+}
+
+#[test]
+fn takeovers_past_the_bound_are_refused_until_the_window_moves_on() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    for i in 0..MAX_TAKEOVERS as u64 {
+        let a = s.handle(Event::AppAttach(init("k")), t0 + ms(i * 100));
+        assert_eq!(a[0], displaced(), "takeover {i}");
+    }
+    let (code, message) = TAKEOVER_REFUSAL;
+    let refused = vec![Action::RefuseTakeover { code, message }];
+    assert_eq!(s.handle(Event::AppAttach(init("k")), t0 + ms(500)), refused);
+    // The current socket keeps the session: it is still relayed.
+    assert_eq!(
+        sent_to_cloud(&s.handle(
+            Event::AppFrame(text(r#"{"type":"display_event"}"#)),
+            t0 + ms(600)
+        ))
+        .len(),
+        1
+    );
+    assert_eq!(
+        s.handle(Event::AppAttach(init("k")), t0 + TAKEOVER_WINDOW - ms(1)),
+        refused,
+        "the oldest takeover is still in the window"
+    );
+    let a = s.handle(Event::AppAttach(init("k")), t0 + TAKEOVER_WINDOW);
+    assert_eq!(a[0], displaced(), "the oldest takeover left the window");
+}
+
+#[test]
+fn reconnects_after_a_loss_are_not_takeovers() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    for i in 0..(MAX_TAKEOVERS as u64 + 2) {
+        let at = t0 + ms(i * 100);
+        assert_eq!(s.handle(Event::AppLost, at), vec![Action::AbortApp]);
+        let a = s.handle(Event::AppAttach(init("k")), at + ms(10));
+        assert_eq!(a[0], Action::AcceptApp, "reconnect {i}");
+        s.handle(Event::AppFrame(text(SUB_TX)), at + ms(20));
+    }
+}
+
+#[test]
+fn a_takeover_with_another_key_is_refused_and_the_first_socket_kept() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    let a = s.handle(Event::AppAttach(init("wrong")), t0);
+    assert_eq!(
+        a,
+        vec![Action::RejectApp {
+            code: "INVALID_API_KEY",
+            message: "Invalid API key"
+        }]
+    );
+    assert_eq!(s.phase(), "live");
+}
+
 // === the cloud link ===
 
 fn display(view: &str, n: u32) -> Frame {
