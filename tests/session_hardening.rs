@@ -341,3 +341,110 @@ async fn two_clients_taking_a_session_over_in_turn_stop_at_the_bound() {
         1.0
     );
 }
+
+// === ownership_release ===
+
+/// A close frame with `code` and `reason`.
+fn close_frame(code: u16, reason: &str) -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
+    tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: code.into(),
+        reason: reason.to_string().into(),
+    }
+}
+
+fn release(id: &str) -> String {
+    serde_json::json!({"type": "ownership_release", "packageName": "com.example.notes",
+        "sessionId": id, "reason": "clean_shutdown", "timestamp": "2026-01-10T09:20:00.000Z"})
+    .to_string()
+}
+
+/// Reads the cloud socket until it ends; its close code and reason, if it sent one.
+async fn cloud_link_end(ws: &mut CloudWs) -> Option<(u16, String)> {
+    closed(ws).await
+}
+
+#[tokio::test]
+async fn after_ownership_release_an_app_socket_loss_closes_the_cloud_link() {
+    let cloud = FakeCloud::bind().await;
+    let mut app = FakeApp::start().await;
+    let tether = tether(&[], &app).await;
+    let id = "fox@example.com-com.example.notes";
+    let mut c = connect_session(&tether, &cloud, &mut app, id).await;
+    let url = local_url(&c);
+    c.app_ws
+        .send(Message::text(release(id)))
+        .await
+        .expect("send");
+    cloud_sees_next(&mut c.cloud_ws, &release(id)).await;
+
+    // The socket drops as the process exits: not held, the cloud link ends at once.
+    drop(c.app_ws);
+    assert_eq!(
+        cloud_link_end(&mut c.cloud_ws).await,
+        None,
+        "ended like the app's socket"
+    );
+    eventually("the session to end", || async {
+        tether.session(id).await.is_none()
+    })
+    .await;
+    assert_eq!(
+        tether
+            .metric(r#"tether_session_ends_total{reason="app_lost"}"#)
+            .await,
+        1.0
+    );
+
+    // A new init starts a new session that streams.
+    let mut app_ws = open_app(&url, id, 16 << 20).await;
+    let (_, mut cloud_ws) = cloud.accept().await;
+    assert_eq!(text(&mut cloud_ws).await, init_frame(id));
+    cloud_ws.send(Message::text(ack(id))).await.expect("ack");
+    assert_eq!(text(&mut app_ws).await, ack(id));
+    cloud_ws.send(Message::text(tx(1))).await.expect("send");
+    assert_eq!(text(&mut app_ws).await, tx(1));
+}
+
+#[tokio::test]
+async fn after_ownership_release_a_clean_app_close_and_a_cloud_close_pass_through() {
+    let cloud = FakeCloud::bind().await;
+    let mut app = FakeApp::start().await;
+    // A long intent window: only the release can make the close pass at once.
+    let tether = Tether::spawn_yaml(
+        "session:\n  intent_window_ms: 30000\n",
+        &[("TETHER_APP_URL", app.url())],
+    )
+    .await;
+    let id = "gil@example.com-com.example.notes";
+    let mut c = connect_session(&tether, &cloud, &mut app, id).await;
+    c.app_ws
+        .send(Message::text(release(id)))
+        .await
+        .expect("send");
+    cloud_sees_next(&mut c.cloud_ws, &release(id)).await;
+    c.app_ws
+        .close(Some(close_frame(1000, "switching clouds")))
+        .await
+        .expect("close");
+    assert_eq!(
+        cloud_link_end(&mut c.cloud_ws).await,
+        Some((1000, "switching clouds".to_string()))
+    );
+
+    // A cloud close Tether would otherwise heal reaches a releasing app exactly.
+    let id = "hal@example.com-com.example.notes";
+    let mut c = connect_session(&tether, &cloud, &mut app, id).await;
+    c.app_ws
+        .send(Message::text(release(id)))
+        .await
+        .expect("send");
+    cloud_sees_next(&mut c.cloud_ws, &release(id)).await;
+    c.cloud_ws
+        .close(Some(close_frame(1011, "Internal server error")))
+        .await
+        .expect("close");
+    assert_eq!(
+        closed(&mut c.app_ws).await,
+        Some((1011, "Internal server error".to_string()))
+    );
+}

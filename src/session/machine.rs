@@ -15,6 +15,10 @@
 //! when the app dies are replayed to its successor: nothing the app never processed is
 //! lost, and nothing it did process is sent twice. The same holds when a second app socket
 //! takes over a live session: the first is closed and its unproven frames go to the second.
+//!
+//! After the app sent `ownership_release` (PROTOCOL §13 item 8), the machine stops acting on
+//! the session's behalf: losing either link ends the session as it would without Tether,
+//! until a new init is accepted.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -392,6 +396,9 @@ pub struct Session {
     refused_at: Option<Instant>,
     /// When live sessions were taken over by a newer app socket, within the window.
     takeovers: VecDeque<Instant>,
+    /// The app sent `ownership_release` since its last accepted init: nothing is held,
+    /// healed or resurrected on its behalf.
+    released: bool,
 }
 
 /// A frame sent to the app and not yet covered by a pong.
@@ -467,6 +474,7 @@ impl Session {
             resurrecting: false,
             refused_at: None,
             takeovers: VecDeque::new(),
+            released: false,
             settings,
         };
         (s, vec![Action::DialCloud])
@@ -529,6 +537,24 @@ impl Session {
             AppLink::Replaying { .. } => {}
             AppLink::Down { .. } => return,
         }
+        let kind = frame.kind();
+        if kind == Kind::OwnershipRelease {
+            self.released = true;
+            if matches!(
+                self.cloud,
+                CloudLink::Down { .. } | CloudLink::Reinit { .. }
+            ) {
+                // The app gives the session up while its cloud link is being healed: healing
+                // on would re-init a session the app released. It hears the link is gone.
+                out.push(Action::Dropped(Dropped {
+                    stream: kind.label(),
+                    reason: "session_ended",
+                }));
+                let close = Close::new(CLOSE_GOING_AWAY, "Cloud link lost");
+                self.end(EndReason::CloudLost, Some(Some(close)), Some(None), out);
+                return;
+            }
+        }
         if let CloudLink::Dialing { pending } = &mut self.cloud {
             let held: usize = pending.iter().map(Frame::len).sum();
             if pending.len() >= MAX_PENDING_UP || held + frame.len() > MAX_PENDING_UP_BYTES {
@@ -539,7 +565,7 @@ impl Session {
             }
             return;
         }
-        match frame.kind() {
+        match kind {
             Kind::SubscriptionUpdate => self.on_subscriptions(frame, now, out),
             // A newer SDK's JSON ping, answered here unless the cloud is known to speak it,
             // so an older cloud never sees a type it does not know.
@@ -718,9 +744,9 @@ impl Session {
         if matches!(self.app, AppLink::Down { .. }) {
             return;
         }
-        if self.stopping || self.terminal || !self.cache.has_ack() {
-            // Meant (a stop is under way), or nothing cached to answer a new init with:
-            // behave as the direct connection would have.
+        if self.stopping || self.terminal || self.released || !self.cache.has_ack() {
+            // Meant (a stop is under way, or the app released the session), or nothing
+            // cached to answer a new init with: behave as the direct connection would have.
             match close {
                 Some(c) => self.end(EndReason::AppClosed, None, Some(c), out),
                 None => {
@@ -757,7 +783,7 @@ impl Session {
         if !self.app_is_connected() {
             return;
         }
-        if self.stopping || self.terminal || !self.cache.has_ack() {
+        if self.stopping || self.terminal || self.released || !self.cache.has_ack() {
             self.end(
                 EndReason::Oversized,
                 Some(Some(close.clone())),
@@ -852,6 +878,8 @@ impl Session {
             self.requeue_unacked(out);
         }
         out.push(Action::AcceptApp);
+        // A new init is a new connect: the app owns the session again (PROTOCOL §14.17).
+        self.released = false;
         if !self.cache.has_ack() {
             // The first handshake is still in flight: the cloud answers this init itself.
             self.init = init.clone();

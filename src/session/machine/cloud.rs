@@ -108,8 +108,14 @@ impl Session {
             self.refused(now);
             return;
         }
-        if self.terminal || self.stopping || is_terminal(&close) || !self.cache.has_ack() {
+        if self.terminal
+            || self.stopping
+            || self.released
+            || is_terminal(&close)
+            || !self.cache.has_ack()
+        {
             // Passed to the app exactly: the SDK decides on the code and reason (§11.2).
+            // After an `ownership_release` no close is healed: the app decides.
             self.end(EndReason::CloudClosed, Some(close), None, out);
             return;
         }
@@ -133,7 +139,7 @@ impl Session {
     /// close with 1009.
     pub(super) fn on_cloud_too_big(&mut self, now: Instant, out: &mut Vec<Action>) {
         let close = Close::new(CLOSE_TOO_BIG, "Message too big");
-        let healable = !self.stopping && !self.terminal && self.cache.has_ack();
+        let healable = !self.stopping && !self.terminal && !self.released && self.cache.has_ack();
         match self.cloud {
             CloudLink::Up { .. } | CloudLink::Reinit { .. } if healable => {
                 self.drop_link("oversized", Action::CloseCloud(Some(close)), now, out);
@@ -163,8 +169,9 @@ impl Session {
                 }
                 self.end(EndReason::CloudLost, None, None, out);
             }
-            CloudLink::Up { .. } if !self.cache.has_ack() => {
-                // Nothing to re-init from yet: behave as the direct connection would.
+            CloudLink::Up { .. } if !self.cache.has_ack() || self.released => {
+                // Nothing to re-init from yet, or the app released the session: behave as
+                // the direct connection would (the app's socket ends as the cloud's did).
                 out.push(drop);
                 if self.app_is_connected() {
                     out.push(Action::AbortApp);
@@ -230,6 +237,14 @@ impl Session {
     }
 
     pub(super) fn on_resurrect(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.released {
+            // The cloud dropped a session the app has released: not healed under the app.
+            // It hears the link is gone, as it would have without Tether.
+            out.push(Action::AbortCloud);
+            let close = Close::new(CLOSE_GOING_AWAY, "Cloud link lost");
+            self.end(EndReason::CloudLost, Some(Some(close)), None, out);
+            return;
+        }
         if matches!(self.cloud, CloudLink::Up { .. } | CloudLink::Reinit { .. }) {
             // The cloud dropped the session although the link looked healthy (it handled a
             // superseded close over the new socket): it now waits for a new init.

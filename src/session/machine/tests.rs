@@ -699,6 +699,131 @@ fn a_takeover_with_another_key_is_refused_and_the_first_socket_kept() {
     assert_eq!(s.phase(), "live");
 }
 
+// === ownership_release ===
+
+const RELEASE: &str =
+    r#"{"type":"ownership_release","packageName":"p","sessionId":"s","reason":"clean_shutdown"}"#;
+
+fn released(now: Instant) -> Session {
+    let mut s = live(now);
+    assert_eq!(
+        s.handle(Event::AppFrame(text(RELEASE)), now),
+        vec![Action::SendCloud(text(RELEASE), Kind::OwnershipRelease)],
+        "forwarded as is"
+    );
+    s
+}
+
+#[test]
+fn after_a_release_an_app_loss_ends_the_session_toward_the_cloud() {
+    let t0 = Instant::now();
+    let mut s = released(t0);
+    assert_eq!(
+        s.handle(Event::AppLost, t0 + ms(1)),
+        vec![Action::AbortCloud]
+    );
+    assert_eq!(s.end_reason(), Some(EndReason::AppLost));
+    assert!(!s.is_holding());
+    // A close is passed on exactly, without the intent window.
+    let mut s = released(t0);
+    let close = Close::new(1000, "bye");
+    assert_eq!(
+        s.handle(Event::AppClosed(Some(close.clone())), t0 + ms(1)),
+        vec![Action::CloseCloud(Some(close))]
+    );
+    assert_eq!(s.end_reason(), Some(EndReason::AppClosed));
+}
+
+#[test]
+fn after_a_release_a_hung_app_is_not_held_either() {
+    let t0 = Instant::now();
+    let mut s = released(t0);
+    s.handle(pong(1), t0);
+    let mut now = t0;
+    let mut a = Vec::new();
+    while s.end_reason().is_none() && now < t0 + Duration::from_secs(30) {
+        now += Duration::from_secs(5);
+        a = s.handle(Event::Tick, now);
+    }
+    assert_eq!(a, vec![Action::AbortCloud]);
+    assert_eq!(s.end_reason(), Some(EndReason::AppLost));
+}
+
+#[test]
+fn after_a_release_a_cloud_loss_is_not_healed() {
+    let t0 = Instant::now();
+    let mut s = released(t0);
+    assert_eq!(
+        s.handle(Event::CloudLost, t0 + ms(1)),
+        vec![Action::AbortCloud, Action::AbortApp],
+        "the app's socket ends as the cloud's did"
+    );
+    assert_eq!(s.end_reason(), Some(EndReason::CloudLost));
+    // A close the SDK would reconnect after reaches it exactly instead of being healed.
+    let mut s = released(t0);
+    let close = Close::new(1011, "Internal server error");
+    assert_eq!(
+        s.handle(Event::CloudClosed(Some(close.clone())), t0 + ms(1)),
+        vec![Action::CloseApp(Some(close))]
+    );
+    // Nor is a resurrection healed under the app.
+    let mut s = released(t0);
+    assert_eq!(
+        s.handle(Event::CloudResurrect, t0 + ms(1)),
+        vec![
+            Action::AbortCloud,
+            Action::CloseApp(Some(Close::new(1001, "Cloud link lost")))
+        ]
+    );
+}
+
+#[test]
+fn a_release_while_the_cloud_link_is_healing_stops_the_heal() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    lose_cloud(&mut s, t0);
+    let a = s.handle(Event::AppFrame(text(RELEASE)), t0 + ms(60));
+    assert_eq!(
+        a,
+        vec![
+            Action::Dropped(Dropped {
+                stream: "ownership_release",
+                reason: "session_ended"
+            }),
+            Action::CloseApp(Some(Close::new(1001, "Cloud link lost")))
+        ]
+    );
+    assert_eq!(s.end_reason(), Some(EndReason::CloudLost));
+}
+
+#[test]
+fn a_new_accepted_init_clears_the_release() {
+    let t0 = Instant::now();
+    let mut s = released(t0);
+    // Another socket takes over with a fresh init: the app owns the session again.
+    let a = s.handle(Event::AppAttach(init("k")), t0 + ms(5));
+    assert_eq!(a[0], displaced());
+    s.handle(Event::AppFrame(text(SUB_TX)), t0 + ms(10));
+    assert_eq!(
+        s.handle(Event::AppLost, t0 + ms(20)),
+        vec![Action::AbortApp]
+    );
+    assert!(s.is_holding(), "held again");
+    // A refused init does not clear it.
+    let mut s = released(t0);
+    for i in 0..MAX_TAKEOVERS as u64 {
+        s.handle(Event::AppFrame(text(RELEASE)), t0 + ms(i));
+        s.handle(Event::AppAttach(init("k")), t0 + ms(i));
+    }
+    s.handle(Event::AppFrame(text(RELEASE)), t0 + ms(10));
+    let a = s.handle(Event::AppAttach(init("k")), t0 + ms(11));
+    assert!(matches!(a[..], [Action::RefuseTakeover { .. }]), "{a:?}");
+    assert_eq!(
+        s.handle(Event::AppLost, t0 + ms(20)),
+        vec![Action::AbortCloud]
+    );
+}
+
 // === the cloud link ===
 
 fn display(view: &str, n: u32) -> Frame {
