@@ -448,3 +448,62 @@ async fn after_ownership_release_a_clean_app_close_and_a_cloud_close_pass_throug
         Some((1011, "Internal server error".to_string()))
     );
 }
+
+// === configuration bounds ===
+
+/// `yaml` is either refused by `check-config` (exit 64, naming `key` and its bounds) or
+/// accepted; then `run` starts with it and a session streams.
+async fn accepted_means_it_runs(yaml: &str, key: &str) -> bool {
+    let path = config_file(yaml);
+    let path = path.to_str().expect("utf-8 path").to_string();
+    let out = run_tether(&["check-config", &path], &[]).await;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{err}");
+        assert!(
+            err.contains(key) && err.contains("must be between"),
+            "{err}"
+        );
+        return false;
+    }
+    let cloud = FakeCloud::bind().await;
+    let mut app = FakeApp::start().await;
+    let tether = Tether::spawn_yaml(yaml, &[("TETHER_APP_URL", app.url())]).await;
+    let id = "ivy@example.com-com.example.notes";
+    let mut c = connect_session(&tether, &cloud, &mut app, id).await;
+    c.cloud_ws.send(Message::text(tx(1))).await.expect("send");
+    assert_eq!(text(&mut c.app_ws).await, tx(1));
+    true
+}
+
+#[tokio::test]
+async fn what_check_config_accepts_run_starts_with() {
+    // Past the bounds: values that once passed the check and then failed at start
+    // (a semaphore of 2^61 permits panics).
+    for (yaml, key) in [
+        (
+            "session:\n  refire_concurrency: 2305843009213693952\n",
+            "session.refire_concurrency",
+        ),
+        (
+            "session:\n  app_ping_misses: 4294967295\n",
+            "session.app_ping_misses",
+        ),
+        (
+            "buffer:\n  global_max_bytes: 18446744073709551615\n",
+            "buffer.global_max_bytes",
+        ),
+    ] {
+        assert!(
+            !accepted_means_it_runs(yaml, key).await,
+            "{yaml} is refused"
+        );
+    }
+    // At the bounds: accepted, and it runs.
+    let at_bounds = "session:\n  refire_concurrency: 1024\n  app_ping_misses: 100\n\
+        buffer:\n  down_max_frames: 1000000\n  up_max_frames: 1000000\n  \
+        down_max_bytes: 1073741824\n  up_max_bytes: 1073741824\n  \
+        global_max_bytes: 68719476736\n\
+        limits:\n  max_frame_bytes_up: 268435456\n  max_frame_bytes_down: 268435456\n";
+    assert!(accepted_means_it_runs(at_bounds, "-").await);
+}

@@ -47,6 +47,16 @@ pub const DEFAULT_MAX_FRAME_BYTES_DOWN: usize = 100 * 1024 * 1024;
 /// Bounds of every frame limit.
 const FRAME_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=256 * 1024 * 1024;
 
+/// Upper bounds of the `session:` and `buffer:` counts: far above any sane setting, and low
+/// enough that nothing built from them (a semaphore, a product of durations) can fail.
+const MAX_REFIRE_CONCURRENCY: u64 = 1024;
+const MAX_PING_MISSES: u64 = 100;
+const MAX_BUFFER_FRAMES: u64 = 1_000_000;
+/// A session's buffer, per direction.
+const MAX_BUFFER_BYTES: u64 = 1 << 30;
+/// Every buffer together.
+const MAX_GLOBAL_BUFFER_BYTES: u64 = 64 << 30;
+
 /// Errors found while loading or validating configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -467,6 +477,22 @@ fn millis(key: &str, value: Option<u64>, default: u64, max: u64) -> Result<Durat
     Ok(Duration::from_millis(ms))
 }
 
+/// A count in `min..=max` (default `default`), with an error naming the key and the bounds.
+fn count<T>(key: &str, value: Option<T>, default: T, min: u64, max: u64) -> Result<T, ConfigError>
+where
+    T: Copy + TryInto<u64>,
+{
+    let v = value.unwrap_or(default);
+    match v.try_into() {
+        Ok(n) if (min..=max).contains(&n) => Ok(v),
+        Ok(n) => Err(invalid(
+            key,
+            format!("must be between {min} and {max}, got {n}"),
+        )),
+        Err(_) => Err(invalid(key, format!("must be between {min} and {max}"))),
+    }
+}
+
 fn ws_url(key: &str, text: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(text.trim()).map_err(|e| invalid(key, format!("{e}: {text:?}")))?;
     match url.scheme() {
@@ -673,7 +699,13 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
             5_000,
             60_000,
         )?,
-        app_ping_misses: rs.app_ping_misses.unwrap_or(3).max(1),
+        app_ping_misses: count(
+            "session.app_ping_misses",
+            rs.app_ping_misses,
+            3,
+            1,
+            MAX_PING_MISSES,
+        )?,
         probe_interval: millis(
             "session.probe_interval_ms",
             rs.probe_interval_ms,
@@ -681,22 +713,39 @@ fn validate(raw: RawConfig, api_key: Secret) -> Result<Config, ConfigError> {
             5_000,
         )?,
         webhook_hold: millis("session.webhook_hold_ms", rs.webhook_hold_ms, 8_000, 9_500)?,
-        refire_concurrency: rs.refire_concurrency.unwrap_or(16).max(1),
+        refire_concurrency: count(
+            "session.refire_concurrency",
+            rs.refire_concurrency,
+            16,
+            1,
+            MAX_REFIRE_CONCURRENCY,
+        )?,
     };
     let rb = raw.buffer;
+    let frames =
+        |key: &str, v: Option<usize>, default: usize| count(key, v, default, 1, MAX_BUFFER_FRAMES);
+    let bytes = |key: &str, v: Option<usize>, default: usize| {
+        count(key, v, default, 1024, MAX_BUFFER_BYTES)
+    };
     let buffer = BufferConfig {
-        up_max_frames: rb.up_max_frames.unwrap_or(256).max(1),
-        up_max_bytes: rb.up_max_bytes.unwrap_or(256 << 10).max(1024),
+        up_max_frames: frames("buffer.up_max_frames", rb.up_max_frames, 256)?,
+        up_max_bytes: bytes("buffer.up_max_bytes", rb.up_max_bytes, 256 << 10)?,
         up_max_age: millis("buffer.up_max_age_ms", rb.up_max_age_ms, 30_000, 600_000)?,
-        down_max_frames: rb.down_max_frames.unwrap_or(1_000).max(1),
-        down_max_bytes: rb.down_max_bytes.unwrap_or(1 << 20).max(1024),
+        down_max_frames: frames("buffer.down_max_frames", rb.down_max_frames, 1_000)?,
+        down_max_bytes: bytes("buffer.down_max_bytes", rb.down_max_bytes, 1 << 20)?,
         down_max_age: millis(
             "buffer.down_max_age_ms",
             rb.down_max_age_ms,
             60_000,
             600_000,
         )?,
-        global_max_bytes: rb.global_max_bytes.unwrap_or(64 << 20).max(1024),
+        global_max_bytes: count(
+            "buffer.global_max_bytes",
+            rb.global_max_bytes,
+            64 << 20,
+            1024,
+            MAX_GLOBAL_BUFFER_BYTES,
+        )?,
     };
     let log = LogConfig {
         level: raw.log.level.unwrap_or_else(|| "info".into()),
@@ -818,6 +867,49 @@ mod tests {
                 .to_string();
             assert!(err.starts_with(&format!("limits.{key}")), "{err}");
         }
+    }
+
+    #[test]
+    fn session_and_buffer_counts_are_bounded_with_a_clear_error() {
+        for (yaml, key) in [
+            (
+                "session:\n  refire_concurrency: 0\n",
+                "session.refire_concurrency",
+            ),
+            (
+                "session:\n  refire_concurrency: 18446744073709551615\n",
+                "session.refire_concurrency",
+            ),
+            (
+                "session:\n  app_ping_misses: 4294967295\n",
+                "session.app_ping_misses",
+            ),
+            ("buffer:\n  down_max_frames: 0\n", "buffer.down_max_frames"),
+            (
+                "buffer:\n  up_max_frames: 1000001\n",
+                "buffer.up_max_frames",
+            ),
+            (
+                "buffer:\n  down_max_bytes: 1073741825\n",
+                "buffer.down_max_bytes",
+            ),
+            ("buffer:\n  up_max_bytes: 10\n", "buffer.up_max_bytes"),
+            (
+                "buffer:\n  global_max_bytes: 68719476737\n",
+                "buffer.global_max_bytes",
+            ),
+        ] {
+            let err = Config::from_yaml(yaml).expect_err(yaml).to_string();
+            assert!(err.starts_with(key), "{yaml:?} -> {err}");
+            assert!(err.contains("must be between"), "{yaml:?} -> {err}");
+        }
+        let at_bounds = "session:\n  refire_concurrency: 1024\n  app_ping_misses: 100\n\
+            buffer:\n  down_max_frames: 1000000\n  up_max_frames: 1000000\n  \
+            down_max_bytes: 1073741824\n  up_max_bytes: 1073741824\n  \
+            global_max_bytes: 68719476736\n";
+        let c = Config::from_yaml(at_bounds).expect("the bounds themselves are valid");
+        assert_eq!(c.session.refire_concurrency, 1024);
+        assert!(c.session.refire_concurrency <= tokio::sync::Semaphore::MAX_PERMITS);
     }
 
     #[test]
