@@ -58,9 +58,11 @@ pub const TAKEOVER_WINDOW: Duration = Duration::from_secs(60);
 /// (PROTOCOL §11.2) does not reconnect on 1000, 1001 or 1008, and its `AppServer` (§11.4)
 /// calls `onStop` and forgets the session only on a clean close (1000/1001); after 1008 the
 /// session object lingers. So 1000, normal closure: the displaced client stops reconnecting
-/// (no ping-pong with the newcomer) and cleans its session up. 1001 would say the server is
-/// going away, which is not true of Tether. The reason avoids "App stopped" and "User
-/// session ended", which would tell the SDK the user's session is over.
+/// (no ping-pong with the newcomer) and cleans its session up, with the reason in its
+/// `onStop` ("Clean disconnect: ..."). Its maps drop the session only if it is still the
+/// current one for that id, so a newer session in the same process is untouched. 1001 would
+/// say the server is going away, which is not true of Tether. The reason avoids "App
+/// stopped" and "User session ended", which would tell the SDK the user's session is over.
 pub const DISPLACED_CLOSE: (u16, &str) = (CLOSE_NORMAL, "Replaced by a newer connection");
 
 /// What a newcomer past [`MAX_TAKEOVERS`] is refused with (`tpa_connection_error` code and
