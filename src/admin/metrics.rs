@@ -126,6 +126,7 @@ pub struct Metrics {
     cloud_reacked_seconds: Histogram,
     resurrections_healed: Counter,
     duplicate_webhooks: Counter,
+    app_takeovers: Family<OutcomeLabels, Counter>,
     heartbeat_bytes: [Counter; 2],
     admin_denied: Family<ReasonLabels, Counter>,
     connections_open: Family<ListenerLabels, Gauge>,
@@ -198,7 +199,7 @@ impl Metrics {
         let oversized = per_dir(
             &mut registry,
             "oversized_frames",
-            "Frames over limits.max_frame_bytes; the sending leg is closed with 1009",
+            "Frames over the reading leg's limit (limits.max_frame_bytes_up for app frames, _down for cloud frames); that leg is closed with 1009",
         );
         let sessions = Family::<StateLabels, Gauge>::default();
         registry.register("sessions", "Sessions by state", sessions.clone());
@@ -279,7 +280,7 @@ impl Metrics {
         let cloud_disconnects = Family::<CauseLabels, Counter>::default();
         registry.register(
             "cloud_disconnects",
-            "Cloud links lost and being healed, by cause (closed, lost, silent)",
+            "Cloud links lost and being healed, by cause (closed, lost, silent, oversized)",
             cloud_disconnects.clone(),
         );
         let cloud_reconnect_attempts = Counter::default();
@@ -307,6 +308,12 @@ impl Metrics {
             "duplicate_webhooks_absorbed",
             "session_request webhooks for a session Tether already holds, answered without the app",
             duplicate_webhooks.clone(),
+        );
+        let app_takeovers = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "app_takeovers",
+            "Second app sockets for a live session: displaced (the first was closed, the newcomer adopted) or refused (past the per-session bound)",
+            app_takeovers.clone(),
         );
         let hb = Family::<DirLabels, Counter>::default();
         let heartbeat_bytes = Direction::ALL.map(|d| {
@@ -380,6 +387,7 @@ impl Metrics {
             cloud_reacked_seconds,
             resurrections_healed,
             duplicate_webhooks,
+            app_takeovers,
             heartbeat_bytes,
             dropped,
             recoveries,
@@ -522,6 +530,13 @@ impl Metrics {
     /// Counts a duplicate webhook answered without the app.
     pub fn duplicate_webhook(&self) {
         self.duplicate_webhooks.inc();
+    }
+
+    /// Counts a second app socket for a live session (`displaced` or `refused`).
+    pub fn app_takeover(&self, outcome: &'static str) {
+        self.app_takeovers
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     /// Counts heartbeat bytes (`Up` = sent to the cloud).

@@ -33,7 +33,12 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
         "cloud.allowed_origins (comma-separated)",
     ),
     ("TETHER_STATE_DIR", "state.dir"),
-    ("TETHER_MAX_FRAME_BYTES", "limits.max_frame_bytes"),
+    (
+        "TETHER_MAX_FRAME_BYTES",
+        "limits.max_frame_bytes (both legs)",
+    ),
+    ("TETHER_MAX_FRAME_BYTES_UP", "limits.max_frame_bytes_up"),
+    ("TETHER_MAX_FRAME_BYTES_DOWN", "limits.max_frame_bytes_down"),
     ("TETHER_ADMIN_TOKEN", "admin.token (secret)"),
     ("TETHER_ADMIN_TOKEN_FILE", "admin.token_file"),
     ("TETHER_ADMIN_SHOW_USER_IDS", "admin.show_user_ids"),
@@ -41,8 +46,26 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("TETHER_LOG_FORMAT", "log.format"),
 ];
 
-/// Largest frame accepted on either WebSocket leg by default: the cloud's own limit (16 MiB).
-pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// Largest frame read from the app (app -> cloud) by default: the cloud's own limit (16 MiB),
+/// so Tether refuses nothing the cloud would take.
+pub const DEFAULT_MAX_FRAME_BYTES_UP: usize = 16 * 1024 * 1024;
+
+/// Largest frame read from the cloud (cloud -> app) by default: the SDK's own limit (its `ws`
+/// client accepts up to 100 MiB), so Tether refuses nothing the app would take.
+pub const DEFAULT_MAX_FRAME_BYTES_DOWN: usize = 100 * 1024 * 1024;
+
+/// Bounds of every frame limit.
+const FRAME_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=256 * 1024 * 1024;
+
+/// Upper bounds of the `session:` and `buffer:` counts: far above any sane setting, and low
+/// enough that nothing built from them (a semaphore, a product of durations) can fail.
+const MAX_REFIRE_CONCURRENCY: u64 = 1024;
+const MAX_PING_MISSES: u64 = 100;
+const MAX_BUFFER_FRAMES: u64 = 1_000_000;
+/// A session's buffer, per direction.
+const MAX_BUFFER_BYTES: u64 = 1 << 30;
+/// Every buffer together.
+const MAX_GLOBAL_BUFFER_BYTES: u64 = 64 << 30;
 
 /// Shortest admin token accepted: a short token is guessable over the network.
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
@@ -208,7 +231,10 @@ struct RawRegistration {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
+    /// Sets both legs; the per-leg keys win over it.
     max_frame_bytes: Option<usize>,
+    max_frame_bytes_up: Option<usize>,
+    max_frame_bytes_down: Option<usize>,
     max_webhook_body_bytes: Option<usize>,
     ws_read_buffer_bytes: Option<usize>,
     init_timeout_ms: Option<u64>,
@@ -352,7 +378,10 @@ pub struct RegistrationConfig {
 /// Size and time limits.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    pub max_frame_bytes: usize,
+    /// Largest frame read from the app socket (app -> cloud).
+    pub max_frame_bytes_up: usize,
+    /// Largest frame read from the cloud socket (cloud -> app).
+    pub max_frame_bytes_down: usize,
     pub max_webhook_body_bytes: usize,
     pub ws_read_buffer_bytes: usize,
     pub init_timeout: Duration,
@@ -548,13 +577,26 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Resul
             }
         });
     }
-    if let Some(v) = env("TETHER_MAX_FRAME_BYTES") {
-        raw.limits.max_frame_bytes = Some(v.trim().parse().map_err(|_| {
-            invalid(
-                "TETHER_MAX_FRAME_BYTES",
-                format!("expected a byte count, got {v:?}"),
-            )
-        })?);
+    let bytes = |var: &str| -> Result<Option<usize>, ConfigError> {
+        env(var)
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .map_err(|_| invalid(var, format!("expected a byte count, got {v:?}")))
+            })
+            .transpose()
+    };
+    if let Some(n) = bytes("TETHER_MAX_FRAME_BYTES")? {
+        // The environment wins over the file, the per-leg keys included.
+        raw.limits.max_frame_bytes = Some(n);
+        raw.limits.max_frame_bytes_up = Some(n);
+        raw.limits.max_frame_bytes_down = Some(n);
+    }
+    if let Some(n) = bytes("TETHER_MAX_FRAME_BYTES_UP")? {
+        raw.limits.max_frame_bytes_up = Some(n);
+    }
+    if let Some(n) = bytes("TETHER_MAX_FRAME_BYTES_DOWN")? {
+        raw.limits.max_frame_bytes_down = Some(n);
     }
     if let Some(v) = env("TETHER_LOG_FORMAT") {
         raw.log.format = Some(match v.trim() {
@@ -638,6 +680,22 @@ where
         ));
     }
     Ok(v)
+}
+
+/// A count in `min..=max` (default `default`), with an error naming the key and the bounds.
+fn count<T>(key: &str, value: Option<T>, default: T, min: u64, max: u64) -> Result<T, ConfigError>
+where
+    T: Copy + TryInto<u64>,
+{
+    let v = value.unwrap_or(default);
+    match v.try_into() {
+        Ok(n) if (min..=max).contains(&n) => Ok(v),
+        Ok(n) => Err(invalid(
+            key,
+            format!("must be between {min} and {max}, got {n}"),
+        )),
+        Err(_) => Err(invalid(key, format!("must be between {min} and {max}"))),
+    }
 }
 
 fn ws_url(key: &str, text: &str) -> Result<Url, ConfigError> {
@@ -820,16 +878,26 @@ fn validate(raw: RawConfig, api_key: Secret, admin_token: Secret) -> Result<Conf
             "needs registration.enabled: true",
         ));
     }
-    let max_frame_bytes = raw
-        .limits
-        .max_frame_bytes
-        .unwrap_or(DEFAULT_MAX_FRAME_BYTES);
-    if !(1024..=256 * 1024 * 1024).contains(&max_frame_bytes) {
-        return Err(invalid(
-            "limits.max_frame_bytes",
-            "must be between 1 KiB and 256 MiB",
-        ));
-    }
+    let frame_limit = |key: &str, value: Option<usize>| -> Result<Option<usize>, ConfigError> {
+        match value {
+            Some(n) if !FRAME_BYTES_RANGE.contains(&n) => Err(invalid(
+                key,
+                format!("must be between 1 KiB and 256 MiB (1024 to 268435456), got {n}"),
+            )),
+            v => Ok(v),
+        }
+    };
+    let both = frame_limit("limits.max_frame_bytes", raw.limits.max_frame_bytes)?;
+    let max_frame_bytes_up =
+        frame_limit("limits.max_frame_bytes_up", raw.limits.max_frame_bytes_up)?
+            .or(both)
+            .unwrap_or(DEFAULT_MAX_FRAME_BYTES_UP);
+    let max_frame_bytes_down = frame_limit(
+        "limits.max_frame_bytes_down",
+        raw.limits.max_frame_bytes_down,
+    )?
+    .or(both)
+    .unwrap_or(DEFAULT_MAX_FRAME_BYTES_DOWN);
     let ws_read_buffer_bytes = raw.limits.ws_read_buffer_bytes.unwrap_or(16 * 1024);
     if !(1024..=1024 * 1024).contains(&ws_read_buffer_bytes) {
         return Err(invalid(
@@ -838,7 +906,8 @@ fn validate(raw: RawConfig, api_key: Secret, admin_token: Secret) -> Result<Conf
         ));
     }
     let limits = Limits {
-        max_frame_bytes,
+        max_frame_bytes_up,
+        max_frame_bytes_down,
         max_webhook_body_bytes: bounded(
             "limits.max_webhook_body_bytes",
             raw.limits.max_webhook_body_bytes,
@@ -918,7 +987,13 @@ fn validate(raw: RawConfig, api_key: Secret, admin_token: Secret) -> Result<Conf
             5_000,
             60_000,
         )?,
-        app_ping_misses: rs.app_ping_misses.unwrap_or(3).max(1),
+        app_ping_misses: count(
+            "session.app_ping_misses",
+            rs.app_ping_misses,
+            3,
+            1,
+            MAX_PING_MISSES,
+        )?,
         probe_interval: millis(
             "session.probe_interval_ms",
             rs.probe_interval_ms,
@@ -926,22 +1001,39 @@ fn validate(raw: RawConfig, api_key: Secret, admin_token: Secret) -> Result<Conf
             5_000,
         )?,
         webhook_hold: millis("session.webhook_hold_ms", rs.webhook_hold_ms, 4_000, 9_500)?,
-        refire_concurrency: rs.refire_concurrency.unwrap_or(16).max(1),
+        refire_concurrency: count(
+            "session.refire_concurrency",
+            rs.refire_concurrency,
+            16,
+            1,
+            MAX_REFIRE_CONCURRENCY,
+        )?,
     };
     let rb = raw.buffer;
+    let frames =
+        |key: &str, v: Option<usize>, default: usize| count(key, v, default, 1, MAX_BUFFER_FRAMES);
+    let bytes = |key: &str, v: Option<usize>, default: usize| {
+        count(key, v, default, 1024, MAX_BUFFER_BYTES)
+    };
     let buffer = BufferConfig {
-        up_max_frames: rb.up_max_frames.unwrap_or(256).max(1),
-        up_max_bytes: rb.up_max_bytes.unwrap_or(256 << 10).max(1024),
+        up_max_frames: frames("buffer.up_max_frames", rb.up_max_frames, 256)?,
+        up_max_bytes: bytes("buffer.up_max_bytes", rb.up_max_bytes, 256 << 10)?,
         up_max_age: millis("buffer.up_max_age_ms", rb.up_max_age_ms, 30_000, 600_000)?,
-        down_max_frames: rb.down_max_frames.unwrap_or(1_000).max(1),
-        down_max_bytes: rb.down_max_bytes.unwrap_or(1 << 20).max(1024),
+        down_max_frames: frames("buffer.down_max_frames", rb.down_max_frames, 1_000)?,
+        down_max_bytes: bytes("buffer.down_max_bytes", rb.down_max_bytes, 1 << 20)?,
         down_max_age: millis(
             "buffer.down_max_age_ms",
             rb.down_max_age_ms,
             60_000,
             600_000,
         )?,
-        global_max_bytes: rb.global_max_bytes.unwrap_or(64 << 20).max(1024),
+        global_max_bytes: count(
+            "buffer.global_max_bytes",
+            rb.global_max_bytes,
+            64 << 20,
+            1024,
+            MAX_GLOBAL_BUFFER_BYTES,
+        )?,
     };
     let log = LogConfig {
         level: raw.log.level.unwrap_or_else(|| "info".into()),
@@ -1067,7 +1159,8 @@ mod tests {
         assert_eq!(c.listen.public.to_string(), "0.0.0.0:8080");
         assert_eq!(c.listen.local.to_string(), "127.0.0.1:8081");
         assert_eq!(c.app.url.as_str(), "http://127.0.0.1:7010/");
-        assert_eq!(c.limits.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
+        assert_eq!(c.limits.max_frame_bytes_up, DEFAULT_MAX_FRAME_BYTES_UP);
+        assert_eq!(c.limits.max_frame_bytes_down, DEFAULT_MAX_FRAME_BYTES_DOWN);
         // A held webhook must still leave the app time inside the cloud's 5 s start window.
         assert!(c.session.webhook_hold < Duration::from_secs(5));
         assert!(c
@@ -1159,6 +1252,88 @@ mod tests {
             let err = Config::from_yaml(yaml).expect_err(yaml).to_string();
             assert!(err.starts_with(key), "{yaml:?} -> {err}");
         }
+    }
+
+    #[test]
+    fn frame_limits_are_per_leg_and_the_old_key_sets_both() {
+        let c = Config::from_yaml("limits:\n  max_frame_bytes: 4096\n").expect("cfg");
+        assert_eq!(
+            (c.limits.max_frame_bytes_up, c.limits.max_frame_bytes_down),
+            (4096, 4096)
+        );
+        let c =
+            Config::from_yaml("limits:\n  max_frame_bytes: 4096\n  max_frame_bytes_down: 8192\n")
+                .expect("cfg");
+        assert_eq!(
+            (c.limits.max_frame_bytes_up, c.limits.max_frame_bytes_down),
+            (4096, 8192)
+        );
+        // The environment wins over the file; its per-leg variables over its shared one.
+        let env = env_of(&[
+            ("TETHER_MAX_FRAME_BYTES", "2048"),
+            ("TETHER_MAX_FRAME_BYTES_UP", "3072"),
+        ]);
+        let yaml = "limits:\n  max_frame_bytes_up: 9999\n  max_frame_bytes_down: 9999\n";
+        let c = Config::from_sources(Some(yaml), "t", &env).expect("cfg");
+        assert_eq!(
+            (c.limits.max_frame_bytes_up, c.limits.max_frame_bytes_down),
+            (3072, 2048)
+        );
+        let env = env_of(&[("TETHER_MAX_FRAME_BYTES_DOWN", "lots")]);
+        let err = Config::from_sources(None, "t", &env).expect_err("not a number");
+        assert!(
+            err.to_string().starts_with("TETHER_MAX_FRAME_BYTES_DOWN"),
+            "{err}"
+        );
+        for key in ["max_frame_bytes_up", "max_frame_bytes_down"] {
+            let err = Config::from_yaml(&format!("limits:\n  {key}: 268435457\n"))
+                .expect_err(key)
+                .to_string();
+            assert!(err.starts_with(&format!("limits.{key}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn session_and_buffer_counts_are_bounded_with_a_clear_error() {
+        for (yaml, key) in [
+            (
+                "session:\n  refire_concurrency: 0\n",
+                "session.refire_concurrency",
+            ),
+            (
+                "session:\n  refire_concurrency: 18446744073709551615\n",
+                "session.refire_concurrency",
+            ),
+            (
+                "session:\n  app_ping_misses: 4294967295\n",
+                "session.app_ping_misses",
+            ),
+            ("buffer:\n  down_max_frames: 0\n", "buffer.down_max_frames"),
+            (
+                "buffer:\n  up_max_frames: 1000001\n",
+                "buffer.up_max_frames",
+            ),
+            (
+                "buffer:\n  down_max_bytes: 1073741825\n",
+                "buffer.down_max_bytes",
+            ),
+            ("buffer:\n  up_max_bytes: 10\n", "buffer.up_max_bytes"),
+            (
+                "buffer:\n  global_max_bytes: 68719476737\n",
+                "buffer.global_max_bytes",
+            ),
+        ] {
+            let err = Config::from_yaml(yaml).expect_err(yaml).to_string();
+            assert!(err.starts_with(key), "{yaml:?} -> {err}");
+            assert!(err.contains("must be between"), "{yaml:?} -> {err}");
+        }
+        let at_bounds = "session:\n  refire_concurrency: 1024\n  app_ping_misses: 100\n\
+            buffer:\n  down_max_frames: 1000000\n  up_max_frames: 1000000\n  \
+            down_max_bytes: 1073741824\n  up_max_bytes: 1073741824\n  \
+            global_max_bytes: 68719476736\n";
+        let c = Config::from_yaml(at_bounds).expect("the bounds themselves are valid");
+        assert_eq!(c.session.refire_concurrency, 1024);
+        assert!(c.session.refire_concurrency <= tokio::sync::Semaphore::MAX_PERMITS);
     }
 
     #[test]

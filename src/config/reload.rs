@@ -78,8 +78,12 @@ impl Config {
                 c.cloud.allowed_origins.patterns().join(","),
             ),
             (
-                "limits.max_frame_bytes",
-                c.limits.max_frame_bytes.to_string(),
+                "limits.max_frame_bytes_up",
+                c.limits.max_frame_bytes_up.to_string(),
+            ),
+            (
+                "limits.max_frame_bytes_down",
+                c.limits.max_frame_bytes_down.to_string(),
             ),
             (
                 "limits.max_webhook_body_bytes",

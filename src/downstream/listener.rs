@@ -138,9 +138,11 @@ fn accept(shared: Arc<Shared>, mut req: Request<Incoming>, target: Target) -> Re
     };
     let accept_key = derive_accept_key(key.as_bytes());
     let upgrade = hyper::upgrade::on(&mut req);
+    // Frames read here go to the cloud: the app->cloud limit applies.
+    let config = shared.config();
     let cfg = connect::ws_config(
-        shared.config().limits.max_frame_bytes,
-        shared.config().limits.ws_read_buffer_bytes,
+        config.limits.max_frame_bytes_up,
+        config.limits.ws_read_buffer_bytes,
     );
     let tracker = shared.tracker.clone();
     let wait = shared.config().http.upgrade_timeout;

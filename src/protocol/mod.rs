@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 pub use peek::{top_level_str, Malformed};
 
+/// Close code for a normal closure: the connection has done its job.
+pub const CLOSE_NORMAL: u16 = 1000;
 /// Close code the cloud uses for rejected inits and request-level failures (policy violation).
 pub const CLOSE_POLICY: u16 = 1008;
 /// Close code for an internal error.

@@ -105,38 +105,14 @@ impl ReplayBuffer {
         let (stream, class) = classify(&frame, kind);
         let mut dropped = self.expire(now);
         let len = frame.len();
-        if len > self.limits.max_bytes || len > self.global.cap {
+        if self.too_big(len) {
             dropped.push(Dropped {
                 stream,
                 reason: "too_big",
             });
             return dropped;
         }
-        while !self.q.is_empty()
-            && (self.q.len() >= self.limits.max_frames
-                || self.bytes + len > self.limits.max_bytes
-                || self.global.over(len))
-        {
-            let reason = if self.global.over(len)
-                && self.q.len() < self.limits.max_frames
-                && self.bytes + len <= self.limits.max_bytes
-            {
-                "global_cap"
-            } else {
-                "overflow"
-            };
-            let victim = self
-                .q
-                .iter()
-                .position(|e| e.class == Class::Droppable)
-                .unwrap_or(0);
-            if let Some(e) = self.remove(victim) {
-                dropped.push(Dropped {
-                    stream: e.stream,
-                    reason,
-                });
-            }
-        }
+        self.make_room(1, len, &mut dropped);
         if self.global.over(len) || self.limits.max_frames == 0 {
             // Other sessions hold the whole global budget: this frame cannot be kept.
             dropped.push(Dropped {
@@ -155,6 +131,40 @@ impl ReplayBuffer {
             at: now,
         });
         dropped
+    }
+
+    /// Whether a frame of `len` bytes can never be held, however empty the buffer.
+    fn too_big(&self, len: usize) -> bool {
+        len > self.limits.max_bytes || len > self.global.cap
+    }
+
+    /// Drops frames by the overflow policy until `frames` more frames of `len` bytes in all
+    /// fit the bounds (with `0, 0`: until what is held fits them).
+    fn make_room(&mut self, frames: usize, len: usize, dropped: &mut Vec<Dropped>) {
+        loop {
+            let count_over = self.q.len() + frames > self.limits.max_frames;
+            let bytes_over = self.bytes.saturating_add(len) > self.limits.max_bytes;
+            let global_over = self.global.over(len);
+            if self.q.is_empty() || !(count_over || bytes_over || global_over) {
+                return;
+            }
+            let reason = if count_over || bytes_over {
+                "overflow"
+            } else {
+                "global_cap"
+            };
+            let victim = self
+                .q
+                .iter()
+                .position(|e| e.class == Class::Droppable)
+                .unwrap_or(0);
+            if let Some(e) = self.remove(victim) {
+                dropped.push(Dropped {
+                    stream: e.stream,
+                    reason,
+                });
+            }
+        }
     }
 
     /// Drops frames older than the age bound.
@@ -183,13 +193,26 @@ impl ReplayBuffer {
     }
 
     /// Puts frames back at the front, keeping their order (they go out before anything
-    /// buffered later). Bounds are applied at the next push.
-    pub fn prepend(&mut self, entries: Vec<Entry>) {
+    /// buffered later), then applies the bounds by the overflow policy; returns what was
+    /// dropped. A frame that alone exceeds the byte bound is dropped as `too_big`, so a
+    /// large frame in flight when the app died never holds more than the bounds allow.
+    pub fn prepend(&mut self, entries: Vec<Entry>) -> Vec<Dropped> {
+        let mut dropped = Vec::new();
         for e in entries.into_iter().rev() {
-            self.bytes += e.frame.len();
-            self.global.used.fetch_add(e.frame.len(), Ordering::Relaxed);
+            let len = e.frame.len();
+            if self.too_big(len) {
+                dropped.push(Dropped {
+                    stream: e.stream,
+                    reason: "too_big",
+                });
+                continue;
+            }
+            self.bytes += len;
+            self.global.used.fetch_add(len, Ordering::Relaxed);
             self.q.push_front(e);
         }
+        self.make_room(0, 0, &mut dropped);
+        dropped
     }
 
     /// Removes every frame matching `pred`, reporting each as dropped for `reason`.
@@ -429,7 +452,7 @@ mod tests {
             "third 10-byte chunk evicts one"
         );
         assert_eq!(b.bytes(), 20);
-        let big = Frame::Binary(vec![0; 26].into());
+        let big = Frame::Binary(vec![0; 106].into());
         assert_eq!(
             b.push(big, Kind::Binary, now),
             vec![Dropped {
@@ -476,6 +499,50 @@ mod tests {
         assert_eq!(global.used(), 0);
         assert!(b.push(audio(3), Kind::Binary, now).is_empty());
         assert_eq!(global.used(), 10);
+    }
+
+    #[test]
+    fn prepended_frames_are_held_to_the_bounds_and_the_rest_counted() {
+        let now = Instant::now();
+        let global = GlobalBytes::new(1 << 30);
+        // Room for the transcription (91 bytes) and one 10-byte audio chunk.
+        let mut b = ReplayBuffer::new(limits(3, 105), global.clone());
+        assert!(b.push(final_tx(9), Kind::DataStream, now).is_empty());
+        let entry = |frame: Frame, kind: Kind| {
+            let (stream, class) = classify(&frame, kind);
+            Entry {
+                frame,
+                kind,
+                stream,
+                class,
+                at: now,
+            }
+        };
+        let big = Frame::Binary(vec![0; 106].into());
+        let d = b.prepend(vec![
+            entry(big, Kind::Binary),
+            entry(audio(1), Kind::Binary),
+            entry(audio(2), Kind::Binary),
+        ]);
+        // The 106-byte frame can never fit 105 bytes; both chunks do not fit beside the
+        // transcription, so the oldest audio goes.
+        assert_eq!(
+            d,
+            vec![
+                Dropped {
+                    stream: "audio",
+                    reason: "too_big"
+                },
+                Dropped {
+                    stream: "audio",
+                    reason: "overflow"
+                }
+            ]
+        );
+        assert_eq!(global.used(), b.bytes());
+        let out: Vec<Frame> = b.drain().into_iter().map(|e| e.frame).collect();
+        assert_eq!(out, vec![audio(2), final_tx(9)], "order kept");
+        assert_eq!(global.used(), 0);
     }
 
     proptest! {

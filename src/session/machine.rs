@@ -13,7 +13,12 @@
 //! the count of frames sent. The app's WebSocket library answers it only after it has
 //! processed every frame before it, so a pong proves delivery. Frames without that proof
 //! when the app dies are replayed to its successor: nothing the app never processed is
-//! lost, and nothing it did process is sent twice.
+//! lost, and nothing it did process is sent twice. The same holds when a second app socket
+//! takes over a live session: the first is closed and its unproven frames go to the second.
+//!
+//! After the app sent `ownership_release` (PROTOCOL §13 item 8), the machine stops acting on
+//! the session's behalf: losing either link ends the session as it would without Tether,
+//! until a new init is accepted.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -25,15 +30,47 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::buffer::{Dropped, Entry, GlobalBytes, Limits, ReplayBuffer};
 use super::cache::{AckCache, InitAuth, SubSet};
 use crate::config::HeartbeatMode;
-use crate::protocol::{Direction, Kind, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_TOO_BIG};
+use crate::protocol::{
+    Direction, Kind, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, CLOSE_TOO_BIG,
+};
 
 /// Frames the app may send before the cloud socket is up; the SDK sends none (it waits for
 /// the ack), so this only bounds a misbehaving client.
 pub const MAX_PENDING_UP: usize = 256;
 
+/// Bytes of those frames: one frame of the cloud's own limit.
+pub const MAX_PENDING_UP_BYTES: usize = 16 << 20;
+
 /// Frames sent to the app and not yet proven delivered; past this the oldest lose their
-/// replay guarantee (an app library that never answers pings).
+/// replay guarantee (an app library that never answers pings). Their payloads are also kept
+/// within the cloud->app buffer's byte bound, which is all a successor could be replayed.
 pub const MAX_UNACKED: usize = 4096;
+
+/// Takeovers of a live session (a second app socket displacing the first) allowed within
+/// [`TAKEOVER_WINDOW`]; past that the newcomer is refused, so two clients that keep
+/// reconnecting over each other cannot ping-pong a session for ever.
+pub const MAX_TAKEOVERS: usize = 3;
+
+/// The sliding window [`MAX_TAKEOVERS`] counts in.
+pub const TAKEOVER_WINDOW: Duration = Duration::from_secs(60);
+
+/// Close sent to an app socket displaced by a newer one for the same session. S-2.1.29
+/// (PROTOCOL §11.2) does not reconnect on 1000, 1001 or 1008, and its `AppServer` (§11.4)
+/// calls `onStop` and forgets the session only on a clean close (1000/1001); after 1008 the
+/// session object lingers. So 1000, normal closure: the displaced client stops reconnecting
+/// (no ping-pong with the newcomer) and cleans its session up, with the reason in its
+/// `onStop` ("Clean disconnect: ..."). Its maps drop the session only if it is still the
+/// current one for that id, so a newer session in the same process is untouched. 1001 would
+/// say the server is going away, which is not true of Tether. The reason avoids "App
+/// stopped" and "User session ended", which would tell the SDK the user's session is over.
+pub const DISPLACED_CLOSE: (u16, &str) = (CLOSE_NORMAL, "Replaced by a newer connection");
+
+/// What a newcomer past [`MAX_TAKEOVERS`] is refused with (`tpa_connection_error` code and
+/// message, then close 1008, as the cloud refuses an init).
+pub const TAKEOVER_REFUSAL: (&str, &str) = (
+    "TOO_MANY_TAKEOVERS",
+    "Too many connections for this session; the current one is kept",
+);
 
 /// How long after an abrupt loss, with the app still healthy, Tether waits for the SDK to
 /// reconnect by itself (it retries after 1 s) before re-sending the webhook.
@@ -215,6 +252,15 @@ pub enum Action {
     AbortApp,
     /// Drop the cloud socket without a close frame.
     AbortCloud,
+    /// Close the current app socket with this close: a newer one is taking the session over
+    /// (the `AcceptApp` that follows adopts it). Counted as a takeover.
+    DisplaceApp(Close),
+    /// Refuse the socket that sent the last `AppAttach`, which tried to take over a live
+    /// session past [`MAX_TAKEOVERS`]: `tpa_connection_error`, then 1008. Counted.
+    RefuseTakeover {
+        code: &'static str,
+        message: &'static str,
+    },
     /// Adopt the socket that sent the last `AppAttach` (dropping any previous one).
     AcceptApp,
     /// Refuse that socket: `tpa_connection_error` with this code and message, then 1008.
@@ -326,8 +372,10 @@ pub struct Session {
     /// The set the cloud holds (the last `subscription_update` sent up).
     cloud_subs: Option<SubSet>,
     buffer: ReplayBuffer,
-    /// Frames sent to the app, not yet covered by a pong: (sequence number, entry).
-    unacked: VecDeque<(u64, Entry)>,
+    /// Frames sent to the app, not yet covered by a pong, oldest first.
+    unacked: VecDeque<Unproven>,
+    /// Payload bytes held in `unacked`.
+    unacked_bytes: usize,
     sent: u64,
     ping_outstanding: Option<u64>,
     pong_seen: bool,
@@ -348,6 +396,23 @@ pub struct Session {
     resurrecting: bool,
     /// When the cloud last refused a re-init (the resurrection wait runs from here).
     refused_at: Option<Instant>,
+    /// When live sessions were taken over by a newer app socket, within the window.
+    takeovers: VecDeque<Instant>,
+    /// The app sent `ownership_release` since its last accepted init: nothing is held,
+    /// healed or resurrected on its behalf.
+    released: bool,
+}
+
+/// A frame sent to the app and not yet covered by a pong.
+#[derive(Debug)]
+struct Unproven {
+    seq: u64,
+    kind: Kind,
+    stream: &'static str,
+    len: usize,
+    /// What a successor would be replayed; `None` once let go to keep the unproven bytes
+    /// within the cloud->app buffer's byte bound (the buffer could not have held it).
+    entry: Option<Entry>,
 }
 
 /// Rewrites URLs the app built on Tether's local base back to the cloud's base.
@@ -395,6 +460,7 @@ impl Session {
             cloud_subs: None,
             buffer,
             unacked: VecDeque::new(),
+            unacked_bytes: 0,
             sent: 0,
             ping_outstanding: None,
             pong_seen: false,
@@ -409,6 +475,8 @@ impl Session {
             rng: settings.seed | 1,
             resurrecting: false,
             refused_at: None,
+            takeovers: VecDeque::new(),
+            released: false,
             settings,
         };
         (s, vec![Action::DialCloud])
@@ -443,15 +511,8 @@ impl Session {
                 }
             }
             Event::StopRequested => self.stopping = true,
-            Event::TooBig(_) => {
-                let close = Close::new(CLOSE_TOO_BIG, "Message too big");
-                self.end(
-                    EndReason::Oversized,
-                    Some(Some(close.clone())),
-                    Some(Some(close)),
-                    &mut out,
-                );
-            }
+            Event::TooBig(Direction::Up) => self.on_app_too_big(now, &mut out),
+            Event::TooBig(Direction::Down) => self.on_cloud_too_big(now, &mut out),
             Event::Tick => self.on_tick(now, &mut out),
             Event::Shutdown => {
                 let to_cloud = Close::new(CLOSE_GOING_AWAY, "Tether shutting down");
@@ -478,8 +539,27 @@ impl Session {
             AppLink::Replaying { .. } => {}
             AppLink::Down { .. } => return,
         }
+        let kind = frame.kind();
+        if kind == Kind::OwnershipRelease {
+            self.released = true;
+            if matches!(
+                self.cloud,
+                CloudLink::Down { .. } | CloudLink::Reinit { .. }
+            ) {
+                // The app gives the session up while its cloud link is being healed: healing
+                // on would re-init a session the app released. It hears the link is gone.
+                out.push(Action::Dropped(Dropped {
+                    stream: kind.label(),
+                    reason: "session_ended",
+                }));
+                let close = Close::new(CLOSE_GOING_AWAY, "Cloud link lost");
+                self.end(EndReason::CloudLost, Some(Some(close)), Some(None), out);
+                return;
+            }
+        }
         if let CloudLink::Dialing { pending } = &mut self.cloud {
-            if pending.len() >= MAX_PENDING_UP {
+            let held: usize = pending.iter().map(Frame::len).sum();
+            if pending.len() >= MAX_PENDING_UP || held + frame.len() > MAX_PENDING_UP_BYTES {
                 let close = Close::new(CLOSE_TOO_BIG, "Too many frames before ack");
                 self.end(EndReason::Oversized, Some(Some(close)), None, out);
             } else {
@@ -487,7 +567,7 @@ impl Session {
             }
             return;
         }
-        match frame.kind() {
+        match kind {
             Kind::SubscriptionUpdate => self.on_subscriptions(frame, now, out),
             // A newer SDK's JSON ping, answered here unless the cloud is known to speak it,
             // so an older cloud never sees a type it does not know.
@@ -580,18 +660,52 @@ impl Session {
     fn send_app(&mut self, frame: Frame, kind: Kind, now: Instant, out: &mut Vec<Action>) {
         self.sent += 1;
         if self.unacked.len() >= MAX_UNACKED {
-            self.unacked.pop_front();
+            if let Some(u) = self.unacked.pop_front() {
+                self.unacked_bytes -= u.entry.map_or(0, |e| e.frame.len());
+            }
         }
         let (stream, class) = super::buffer::classify(&frame, kind);
-        let entry = Entry {
+        let len = frame.len();
+        // A frame the buffer could never hold is not kept for a replay either: a large
+        // frame must not stay in memory after it was written. Nor is the handshake: the
+        // next socket gets its own answer.
+        let replayable = kind != Kind::ConnectionAck;
+        let entry = (replayable && len <= self.settings.down_buffer.max_bytes).then(|| Entry {
             frame: frame.clone(),
             kind,
             stream,
             class,
             at: now,
-        };
-        self.unacked.push_back((self.sent, entry));
+        });
+        if entry.is_some() {
+            self.unacked_bytes += len;
+        }
+        self.unacked.push_back(Unproven {
+            seq: self.sent,
+            kind,
+            stream,
+            len,
+            entry,
+        });
+        self.trim_unacked();
         out.push(Action::SendApp(frame, kind));
+    }
+
+    /// Lets payloads go until the unproven bytes fit the cloud->app buffer's byte bound,
+    /// by the buffer's own policy: droppable streams first, then the oldest.
+    fn trim_unacked(&mut self) {
+        while self.unacked_bytes > self.settings.down_buffer.max_bytes {
+            let held = |u: &Unproven| u.entry.as_ref().map(|e| e.class);
+            let victim = self
+                .unacked
+                .iter()
+                .position(|u| held(u) == Some(super::buffer::Class::Droppable))
+                .or_else(|| self.unacked.iter().position(|u| held(u).is_some()));
+            let Some(entry) = victim.and_then(|i| self.unacked[i].entry.take()) else {
+                return;
+            };
+            self.unacked_bytes -= entry.frame.len();
+        }
     }
 
     /// One ping in flight at a time, carrying the count of frames sent before it.
@@ -617,8 +731,10 @@ impl Session {
             return;
         }
         self.ping_outstanding = None;
-        while self.unacked.front().is_some_and(|(seq, _)| *seq <= acked) {
-            self.unacked.pop_front();
+        while self.unacked.front().is_some_and(|u| u.seq <= acked) {
+            if let Some(u) = self.unacked.pop_front() {
+                self.unacked_bytes -= u.entry.map_or(0, |e| e.frame.len());
+            }
         }
         if matches!(self.app, AppLink::Up { .. }) {
             self.ping_if_idle(out);
@@ -630,10 +746,9 @@ impl Session {
         if matches!(self.app, AppLink::Down { .. }) {
             return;
         }
-        let has_ack = self.cache.has_ack();
-        if self.stopping || self.terminal || !has_ack {
-            // Meant (a stop is under way), or nothing cached to answer a new init with:
-            // behave as the direct connection would have.
+        if self.stopping || self.terminal || self.released || !self.cache.has_ack() {
+            // Meant (a stop is under way, or the app released the session), or nothing
+            // cached to answer a new init with: behave as the direct connection would have.
             match close {
                 Some(c) => self.end(EndReason::AppClosed, None, Some(c), out),
                 None => {
@@ -644,7 +759,13 @@ impl Session {
             return;
         }
         out.push(Action::AbortApp);
-        self.requeue_unacked();
+        self.hold_app(close, now, out);
+    }
+
+    /// The app socket is gone (already closed or dropped) and the session is held for it:
+    /// unproven frames go back to the buffer, which takes cloud frames until it returns.
+    fn hold_app(&mut self, close: Option<Option<Close>>, now: Instant, out: &mut Vec<Action>) {
+        self.requeue_unacked(out);
         self.app = AppLink::Down {
             since: now,
             crashed: !self.app_healthy,
@@ -654,16 +775,58 @@ impl Session {
         };
     }
 
-    /// Frames without a delivery proof go back to the front of the buffer, in order. The
-    /// handshake is not among them: the next socket gets its own answer.
-    fn requeue_unacked(&mut self) {
-        let unacked: Vec<Entry> = self
-            .unacked
-            .drain(..)
-            .map(|(_, e)| e)
-            .filter(|e| e.kind != Kind::ConnectionAck)
-            .collect();
-        self.buffer.prepend(unacked);
+    /// The app sent a frame over the app->cloud limit (the cloud's own, which would have
+    /// closed its socket with 1009). Its socket is closed with 1009; the SDK reconnects
+    /// after that code (PROTOCOL §11.2) and is answered from the cache, so the cloud sees
+    /// nothing. Without an ack to answer with, or when the session is ending anyway, both
+    /// legs close with 1009.
+    fn on_app_too_big(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let close = Close::new(CLOSE_TOO_BIG, "Message too big");
+        if !self.app_is_connected() {
+            return;
+        }
+        if self.stopping || self.terminal || self.released || !self.cache.has_ack() {
+            self.end(
+                EndReason::Oversized,
+                Some(Some(close.clone())),
+                Some(Some(close)),
+                out,
+            );
+            return;
+        }
+        out.push(Action::CloseApp(Some(close)));
+        self.hold_app(None, now, out);
+    }
+
+    /// Frames without a delivery proof go back to the front of the buffer, in order, within
+    /// its bounds; those it cannot hold are counted as dropped. The handshake is not among
+    /// them: the next socket gets its own answer.
+    fn requeue_unacked(&mut self, out: &mut Vec<Action>) {
+        let max_bytes = self.settings.down_buffer.max_bytes;
+        let mut entries = Vec::with_capacity(self.unacked.len());
+        for u in self.unacked.drain(..) {
+            if u.kind == Kind::ConnectionAck {
+                continue;
+            }
+            match u.entry {
+                Some(e) => entries.push(e),
+                None => out.push(Action::Dropped(Dropped {
+                    stream: u.stream,
+                    reason: if u.len > max_bytes {
+                        "too_big"
+                    } else {
+                        "overflow"
+                    },
+                })),
+            }
+        }
+        self.unacked_bytes = 0;
+        out.extend(
+            self.buffer
+                .prepend(entries)
+                .into_iter()
+                .map(Action::Dropped),
+        );
         self.ping_outstanding = None;
     }
 
@@ -699,7 +862,26 @@ impl Session {
                 return;
             }
         }
+        let takeover = self.app_is_connected();
+        if takeover {
+            // A second socket for a session whose app socket is up: another client (or
+            // the same SDK over a link Tether has not seen die) takes the session over.
+            self.takeovers
+                .retain(|at| now.saturating_duration_since(*at) < TAKEOVER_WINDOW);
+            if self.takeovers.len() >= MAX_TAKEOVERS {
+                let (code, message) = TAKEOVER_REFUSAL;
+                out.push(Action::RefuseTakeover { code, message });
+                return;
+            }
+            self.takeovers.push_back(now);
+            let (code, reason) = DISPLACED_CLOSE;
+            out.push(Action::DisplaceApp(Close::new(code, reason)));
+            // What the displaced socket never proved it processed goes to the newcomer.
+            self.requeue_unacked(out);
+        }
         out.push(Action::AcceptApp);
+        // A new init is a new connect: the app owns the session again (PROTOCOL §14.17).
+        self.released = false;
         if !self.cache.has_ack() {
             // The first handshake is still in flight: the cloud answers this init itself.
             self.init = init.clone();
@@ -718,10 +900,6 @@ impl Session {
             } => healthy_at.unwrap_or(*since).max(*since),
             _ => now,
         };
-        if matches!(self.app, AppLink::Up { .. }) {
-            // The SDK replaced a socket Tether still thought alive: its unproven frames go again.
-            self.requeue_unacked();
-        }
         for (frame, kind) in self.cache.replay(&crate::protocol::now_iso8601()) {
             out.push(Action::SendApp(frame, kind));
         }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::FusedStream;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper::Request;
@@ -409,6 +410,30 @@ impl Driver {
                 self.cloud = None;
                 None
             }
+            Action::DisplaceApp(close) => {
+                self.shared.metrics.app_takeover("displaced");
+                tracing::warn!(
+                    hop = "app",
+                    code = close.code,
+                    "a newer app socket takes the session over; closing the old one"
+                );
+                if let Some(sock) = self.app.take() {
+                    linger_close(sock, Some(close), "app").await;
+                }
+                None
+            }
+            Action::RefuseTakeover { code, message } => {
+                self.shared.metrics.app_takeover("refused");
+                tracing::warn!(
+                    hop = "app",
+                    code,
+                    "too many takeovers of this session; newcomer refused"
+                );
+                if let Some(sock) = self.pending_app.take() {
+                    reject(sock, code, message).await;
+                }
+                None
+            }
             Action::AcceptApp => {
                 tracing::info!(hop = "app", "app reconnected; answered locally");
                 self.app = self.pending_app.take();
@@ -601,8 +626,11 @@ impl Driver {
         let cancel = self.cancel.clone();
         self.shared.tracker.spawn(async move {
             let cfg = shared.config();
-            let ws =
-                connect::ws_config(cfg.limits.max_frame_bytes, cfg.limits.ws_read_buffer_bytes);
+            // Frames read here go to the app: the cloud->app limit applies.
+            let ws = connect::ws_config(
+                cfg.limits.max_frame_bytes_down,
+                cfg.limits.ws_read_buffer_bytes,
+            );
             let attempt = connect::dial(&url, shared.tls.clone(), ws, cfg.cloud.connect_timeout);
             let result = tokio::select! {
                 () = cancel.cancelled() => return,
@@ -774,7 +802,22 @@ where
     // Waiting for the peer's answer happens aside, so the session (and a shutdown) need
     // not wait for a slow peer; the socket is dropped after at most CLOSE_LINGER.
     tokio::spawn(async move {
-        let drain = async { while let Some(Ok(_)) = sock.next().await {} };
+        let drain = async {
+            if sock.is_terminated() {
+                // A read failed (a frame over the limit): the WebSocket stream is done, but
+                // bytes left unread would make the kernel answer our close with a reset that
+                // discards the close frame itself. Read them raw until the peer is done.
+                use tokio::io::AsyncReadExt;
+                let mut scratch = vec![0u8; 16 * 1024];
+                while let Ok(n) = sock.get_mut().read(&mut scratch).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            } else {
+                while let Some(Ok(_)) = sock.next().await {}
+            }
+        };
         let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
     });
 }

@@ -44,8 +44,10 @@ impl DialError {
     }
 }
 
-/// WebSocket settings for both legs: a deliberate read buffer (tungstenite's 128 KiB default
-/// is zero-filled on every read) and the frame size limit.
+/// WebSocket settings of one leg: a deliberate read buffer (tungstenite's 128 KiB default
+/// is zero-filled on every read) and the largest frame read from that leg's peer (a limit
+/// on reads only; what Tether writes is bounded by the other leg's read limit). Each leg
+/// takes its receiver's own limit: the cloud's for app frames, the SDK's for cloud frames.
 pub fn ws_config(max_frame_bytes: usize, read_buffer_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(read_buffer_bytes)

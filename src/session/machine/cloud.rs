@@ -108,8 +108,14 @@ impl Session {
             self.refused(now);
             return;
         }
-        if self.terminal || self.stopping || is_terminal(&close) || !self.cache.has_ack() {
+        if self.terminal
+            || self.stopping
+            || self.released
+            || is_terminal(&close)
+            || !self.cache.has_ack()
+        {
             // Passed to the app exactly: the SDK decides on the code and reason (§11.2).
+            // After an `ownership_release` no close is healed: the app decides.
             self.end(EndReason::CloudClosed, Some(close), None, out);
             return;
         }
@@ -123,6 +129,39 @@ impl Session {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
+        self.drop_link(cause, Action::AbortCloud, now, out);
+    }
+
+    /// A cloud frame over the cloud->app limit (the SDK's own, whose `ws` client would have
+    /// closed with 1009 and reconnected). Tether closes the cloud socket with 1009 and heals
+    /// the link as for any other loss, so the app sees nothing but the frame's absence.
+    /// Without an ack to re-init from, or when the session is ending anyway, both legs
+    /// close with 1009.
+    pub(super) fn on_cloud_too_big(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let close = Close::new(CLOSE_TOO_BIG, "Message too big");
+        let healable = !self.stopping && !self.terminal && !self.released && self.cache.has_ack();
+        match self.cloud {
+            CloudLink::Up { .. } | CloudLink::Reinit { .. } if healable => {
+                self.drop_link("oversized", Action::CloseCloud(Some(close)), now, out);
+            }
+            _ => self.end(
+                EndReason::Oversized,
+                Some(Some(close.clone())),
+                Some(Some(close)),
+                out,
+            ),
+        }
+    }
+
+    /// Drops the cloud socket with `drop` (an abort, or a close of Tether's own) and heals
+    /// the link, or ends the session when there is nothing to heal it with.
+    fn drop_link(
+        &mut self,
+        cause: &'static str,
+        drop: Action,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         match self.cloud {
             CloudLink::Dialing { .. } => {
                 if self.app_is_connected() {
@@ -130,16 +169,17 @@ impl Session {
                 }
                 self.end(EndReason::CloudLost, None, None, out);
             }
-            CloudLink::Up { .. } if !self.cache.has_ack() => {
-                // Nothing to re-init from yet: behave as the direct connection would.
-                out.push(Action::AbortCloud);
+            CloudLink::Up { .. } if !self.cache.has_ack() || self.released => {
+                // Nothing to re-init from yet, or the app released the session: behave as
+                // the direct connection would (the app's socket ends as the cloud's did).
+                out.push(drop);
                 if self.app_is_connected() {
                     out.push(Action::AbortApp);
                 }
                 self.end(EndReason::CloudLost, None, None, out);
             }
             CloudLink::Up { .. } => {
-                out.push(Action::AbortCloud);
+                out.push(drop);
                 out.push(Action::CloudLinkLost { cause });
                 self.json_pings = 0;
                 // The first try is immediate when Tether found the link dead (silent). When
@@ -158,7 +198,7 @@ impl Session {
                 }
             }
             CloudLink::Reinit { since } => {
-                out.push(Action::AbortCloud);
+                out.push(drop);
                 self.cloud = CloudLink::Down {
                     since,
                     attempt: 1,
@@ -197,6 +237,14 @@ impl Session {
     }
 
     pub(super) fn on_resurrect(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.released {
+            // The cloud dropped a session the app has released: not healed under the app.
+            // It hears the link is gone, as it would have without Tether.
+            out.push(Action::AbortCloud);
+            let close = Close::new(CLOSE_GOING_AWAY, "Cloud link lost");
+            self.end(EndReason::CloudLost, Some(Some(close)), None, out);
+            return;
+        }
         if matches!(self.cloud, CloudLink::Up { .. } | CloudLink::Reinit { .. }) {
             // The cloud dropped the session although the link looked healthy (it handled a
             // superseded close over the new socket): it now waits for a new init.

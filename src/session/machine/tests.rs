@@ -422,17 +422,405 @@ fn audio_urls_on_the_local_base_are_sent_to_the_cloud_base() {
     assert_eq!(v["requestId"], "r1");
 }
 
+fn too_big() -> Close {
+    Close::new(1009, "Message too big")
+}
+
 #[test]
-fn oversized_frames_close_both_legs_with_1009() {
-    let now = Instant::now();
-    let mut s = live(now);
-    let close = Close::new(1009, "Message too big");
+fn an_oversized_app_frame_closes_only_the_app_leg_and_the_reconnect_is_answered_locally() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    s.handle(Event::CloudFrame(tx(1)), t0); // sent, never proven
+    let a = s.handle(Event::TooBig(Direction::Up), t0 + ms(1));
     assert_eq!(
-        s.handle(Event::TooBig(Direction::Up), now),
+        a,
+        vec![Action::CloseApp(Some(too_big()))],
+        "the cloud leg is kept"
+    );
+    assert_eq!(s.phase(), "app_down");
+    // The SDK reconnects after 1009 (it is not one of its final codes): answered here.
+    let a = s.handle(Event::AppAttach(init("k")), t0 + ms(1000));
+    assert_eq!(a[0], Action::AcceptApp);
+    assert!(sent_to_cloud(&a).is_empty(), "the cloud sees no init");
+    let a = s.handle(Event::AppFrame(text(SUB_TX)), t0 + ms(1010));
+    assert!(sent_to_cloud(&a).is_empty());
+    assert_eq!(
+        sent_to_app(&a),
+        vec![tx(1)],
+        "the unproven frame is replayed"
+    );
+    assert_eq!(s.phase(), "live");
+}
+
+#[test]
+fn an_oversized_frame_before_the_first_ack_closes_both_legs() {
+    let t0 = Instant::now();
+    let mut s = new_session(t0);
+    s.handle(Event::CloudConnected, t0);
+    assert_eq!(
+        s.handle(Event::TooBig(Direction::Up), t0),
         vec![
-            Action::CloseApp(Some(close.clone())),
-            Action::CloseCloud(Some(close))
+            Action::CloseApp(Some(too_big())),
+            Action::CloseCloud(Some(too_big()))
+        ],
+        "nothing cached to answer a reconnect with"
+    );
+    assert_eq!(s.end_reason(), Some(EndReason::Oversized));
+}
+
+#[test]
+fn an_oversized_cloud_frame_heals_the_cloud_link_without_the_app_noticing() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    let a = s.handle(Event::TooBig(Direction::Down), t0);
+    assert_eq!(
+        a,
+        vec![
+            Action::CloseCloud(Some(too_big())),
+            Action::CloudLinkLost { cause: "oversized" }
+        ],
+        "the app hears nothing"
+    );
+    assert_eq!(s.phase(), "cloud_down");
+    // Tether's own close settles before the re-init, like a close from the cloud's side.
+    assert_eq!(s.next_deadline(), Some(t0 + cloud::CLOSE_SETTLE));
+    assert_eq!(
+        s.handle(Event::Tick, t0 + cloud::CLOSE_SETTLE),
+        vec![Action::DialCloud]
+    );
+    assert_eq!(
+        s.handle(Event::CloudConnected, t0 + ms(60)),
+        vec![Action::SendCloud(init("k"), Kind::ConnectionInit)]
+    );
+    let a = s.handle(Event::CloudFrame(text(ACK)), t0 + ms(70));
+    assert!(sent_to_app(&a).is_empty(), "{a:?}");
+    assert_eq!(s.phase(), "live");
+}
+
+#[test]
+fn an_oversized_cloud_frame_during_a_stop_closes_both_legs() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    s.handle(Event::StopRequested, t0);
+    assert_eq!(
+        s.handle(Event::TooBig(Direction::Down), t0),
+        vec![
+            Action::CloseApp(Some(too_big())),
+            Action::CloseCloud(Some(too_big()))
         ]
+    );
+}
+
+#[test]
+fn frames_before_the_cloud_socket_is_up_are_bounded_by_bytes_too() {
+    let t0 = Instant::now();
+    let mut s = new_session(t0);
+    let half = Frame::Binary(vec![0; MAX_PENDING_UP_BYTES / 2].into());
+    assert!(s.handle(Event::AppFrame(half.clone()), t0).is_empty());
+    assert!(s.handle(Event::AppFrame(half), t0).is_empty());
+    let a = s.handle(Event::AppFrame(Frame::Binary(vec![0; 1].into())), t0);
+    assert_eq!(
+        a,
+        vec![Action::CloseApp(Some(Close::new(
+            1009,
+            "Too many frames before ack"
+        )))]
+    );
+}
+
+fn small_buffer_session(now: Instant, max_bytes: usize) -> Session {
+    let settings = Settings {
+        down_buffer: super::super::buffer::Limits {
+            max_frames: 1000,
+            max_bytes,
+            max_age: Duration::from_secs(60),
+        },
+        ..Settings::default()
+    };
+    let (mut s, _) = Session::start(
+        "s".into(),
+        init("k"),
+        UrlMap::default(),
+        settings,
+        GlobalBytes::new(1 << 30),
+        now,
+    );
+    s.handle(Event::CloudConnected, now);
+    s.handle(Event::CloudFrame(text(ACK)), now);
+    s.handle(Event::AppFrame(text(SUB_TX)), now);
+    s
+}
+
+fn dropped(actions: &[Action]) -> Vec<Dropped> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Dropped(d) => Some(*d),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn unproven_frames_are_kept_within_the_buffer_byte_bound_and_the_rest_counted() {
+    let t0 = Instant::now();
+    let mut s = small_buffer_session(t0, 100);
+    let big = Frame::Binary(vec![1; 150].into());
+    let a = s.handle(Event::CloudFrame(big.clone()), t0);
+    assert_eq!(sent_to_app(&a), vec![big], "delivered whatever its size");
+    let chunk = |n: u8| Frame::Binary(vec![n; 40].into());
+    for n in 1..=3 {
+        s.handle(Event::CloudFrame(chunk(n)), t0);
+    }
+    // The app dies before proving any of it: only what the buffer could hold comes back.
+    let a = s.handle(Event::AppLost, t0 + ms(1));
+    let mut d = dropped(&a);
+    d.sort_by_key(|d| d.reason);
+    assert_eq!(
+        d,
+        vec![
+            Dropped {
+                stream: "audio",
+                reason: "overflow"
+            },
+            Dropped {
+                stream: "audio",
+                reason: "too_big"
+            },
+        ]
+    );
+    assert_eq!(s.buffered(t0).1, 80, "two 40-byte chunks held of 100 bytes");
+    s.handle(Event::AppAttach(init("k")), t0 + ms(10));
+    let a = s.handle(Event::AppFrame(text(SUB_TX)), t0 + ms(20));
+    assert_eq!(
+        sent_to_app(&a),
+        vec![chunk(2), chunk(3)],
+        "newest kept, in order"
+    );
+}
+
+// === a second app socket ===
+
+fn displaced() -> Action {
+    let (code, reason) = DISPLACED_CLOSE;
+    Action::DisplaceApp(Close::new(code, reason))
+}
+
+#[test]
+fn a_second_socket_displaces_the_first_cleanly_and_gets_its_unproven_frames() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    s.handle(Event::CloudFrame(tx(1)), t0);
+    s.handle(pong(1), t0);
+    s.handle(pong(2), t0); // frame 1 proven
+    s.handle(Event::CloudFrame(tx(2)), t0); // sent, never proven
+    let a = s.handle(Event::AppAttach(init("k")), t0 + ms(5));
+    assert_eq!(&a[..2], &[displaced(), Action::AcceptApp]);
+    assert_eq!(sent_to_app(&a), vec![text(ACK)], "answered from the cache");
+    assert!(sent_to_cloud(&a).is_empty(), "the cloud sees no init");
+    assert!(!a
+        .iter()
+        .any(|a| matches!(a, Action::CloseCloud(_) | Action::AbortCloud)));
+    // Frames that arrive meanwhile wait behind the unproven one.
+    assert!(s.handle(Event::CloudFrame(tx(3)), t0 + ms(6)).is_empty());
+    let a = s.handle(Event::AppFrame(text(SUB_TX)), t0 + ms(10));
+    assert!(sent_to_cloud(&a).is_empty());
+    assert_eq!(
+        sent_to_app(&a),
+        vec![tx(2), tx(3)],
+        "frame 1 is not sent twice"
+    );
+    assert_eq!(s.phase(), "live");
+}
+
+#[test]
+fn the_displaced_close_stops_the_sdk_and_lets_it_clean_up() {
+    // PROTOCOL §11.2: no reconnect on 1000/1001/1008; §11.4: onStop only on 1000/1001.
+    let (code, reason) = DISPLACED_CLOSE;
+    assert!(matches!(code, 1000 | 1001));
+    assert!(!reason.contains("App stopped") && !reason.contains("User session ended"));
+    assert!(reason.len() <= 123);
+}
+
+#[test]
+fn takeovers_past_the_bound_are_refused_until_the_window_moves_on() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    for i in 0..MAX_TAKEOVERS as u64 {
+        let a = s.handle(Event::AppAttach(init("k")), t0 + ms(i * 100));
+        assert_eq!(a[0], displaced(), "takeover {i}");
+    }
+    let (code, message) = TAKEOVER_REFUSAL;
+    let refused = vec![Action::RefuseTakeover { code, message }];
+    assert_eq!(s.handle(Event::AppAttach(init("k")), t0 + ms(500)), refused);
+    // The current socket keeps the session: it is still relayed.
+    assert_eq!(
+        sent_to_cloud(&s.handle(
+            Event::AppFrame(text(r#"{"type":"display_event"}"#)),
+            t0 + ms(600)
+        ))
+        .len(),
+        1
+    );
+    assert_eq!(
+        s.handle(Event::AppAttach(init("k")), t0 + TAKEOVER_WINDOW - ms(1)),
+        refused,
+        "the oldest takeover is still in the window"
+    );
+    let a = s.handle(Event::AppAttach(init("k")), t0 + TAKEOVER_WINDOW);
+    assert_eq!(a[0], displaced(), "the oldest takeover left the window");
+}
+
+#[test]
+fn reconnects_after_a_loss_are_not_takeovers() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    for i in 0..(MAX_TAKEOVERS as u64 + 2) {
+        let at = t0 + ms(i * 100);
+        assert_eq!(s.handle(Event::AppLost, at), vec![Action::AbortApp]);
+        let a = s.handle(Event::AppAttach(init("k")), at + ms(10));
+        assert_eq!(a[0], Action::AcceptApp, "reconnect {i}");
+        s.handle(Event::AppFrame(text(SUB_TX)), at + ms(20));
+    }
+}
+
+#[test]
+fn a_takeover_with_another_key_is_refused_and_the_first_socket_kept() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    let a = s.handle(Event::AppAttach(init("wrong")), t0);
+    assert_eq!(
+        a,
+        vec![Action::RejectApp {
+            code: "INVALID_API_KEY",
+            message: "Invalid API key"
+        }]
+    );
+    assert_eq!(s.phase(), "live");
+}
+
+// === ownership_release ===
+
+const RELEASE: &str =
+    r#"{"type":"ownership_release","packageName":"p","sessionId":"s","reason":"clean_shutdown"}"#;
+
+fn released(now: Instant) -> Session {
+    let mut s = live(now);
+    assert_eq!(
+        s.handle(Event::AppFrame(text(RELEASE)), now),
+        vec![Action::SendCloud(text(RELEASE), Kind::OwnershipRelease)],
+        "forwarded as is"
+    );
+    s
+}
+
+#[test]
+fn after_a_release_an_app_loss_ends_the_session_toward_the_cloud() {
+    let t0 = Instant::now();
+    let mut s = released(t0);
+    assert_eq!(
+        s.handle(Event::AppLost, t0 + ms(1)),
+        vec![Action::AbortCloud]
+    );
+    assert_eq!(s.end_reason(), Some(EndReason::AppLost));
+    assert!(!s.is_holding());
+    // A close is passed on exactly, without the intent window.
+    let mut s = released(t0);
+    let close = Close::new(1000, "bye");
+    assert_eq!(
+        s.handle(Event::AppClosed(Some(close.clone())), t0 + ms(1)),
+        vec![Action::CloseCloud(Some(close))]
+    );
+    assert_eq!(s.end_reason(), Some(EndReason::AppClosed));
+}
+
+#[test]
+fn after_a_release_a_hung_app_is_not_held_either() {
+    let t0 = Instant::now();
+    let mut s = released(t0);
+    s.handle(pong(1), t0);
+    let mut now = t0;
+    let mut a = Vec::new();
+    while s.end_reason().is_none() && now < t0 + Duration::from_secs(30) {
+        now += Duration::from_secs(5);
+        a = s.handle(Event::Tick, now);
+    }
+    assert_eq!(a, vec![Action::AbortCloud]);
+    assert_eq!(s.end_reason(), Some(EndReason::AppLost));
+}
+
+#[test]
+fn after_a_release_a_cloud_loss_is_not_healed() {
+    let t0 = Instant::now();
+    let mut s = released(t0);
+    assert_eq!(
+        s.handle(Event::CloudLost, t0 + ms(1)),
+        vec![Action::AbortCloud, Action::AbortApp],
+        "the app's socket ends as the cloud's did"
+    );
+    assert_eq!(s.end_reason(), Some(EndReason::CloudLost));
+    // A close the SDK would reconnect after reaches it exactly instead of being healed.
+    let mut s = released(t0);
+    let close = Close::new(1011, "Internal server error");
+    assert_eq!(
+        s.handle(Event::CloudClosed(Some(close.clone())), t0 + ms(1)),
+        vec![Action::CloseApp(Some(close))]
+    );
+    // Nor is a resurrection healed under the app.
+    let mut s = released(t0);
+    assert_eq!(
+        s.handle(Event::CloudResurrect, t0 + ms(1)),
+        vec![
+            Action::AbortCloud,
+            Action::CloseApp(Some(Close::new(1001, "Cloud link lost")))
+        ]
+    );
+}
+
+#[test]
+fn a_release_while_the_cloud_link_is_healing_stops_the_heal() {
+    let t0 = Instant::now();
+    let mut s = live(t0);
+    lose_cloud(&mut s, t0);
+    let a = s.handle(Event::AppFrame(text(RELEASE)), t0 + ms(60));
+    assert_eq!(
+        a,
+        vec![
+            Action::Dropped(Dropped {
+                stream: "ownership_release",
+                reason: "session_ended"
+            }),
+            Action::CloseApp(Some(Close::new(1001, "Cloud link lost")))
+        ]
+    );
+    assert_eq!(s.end_reason(), Some(EndReason::CloudLost));
+}
+
+#[test]
+fn a_new_accepted_init_clears_the_release() {
+    let t0 = Instant::now();
+    let mut s = released(t0);
+    // Another socket takes over with a fresh init: the app owns the session again.
+    let a = s.handle(Event::AppAttach(init("k")), t0 + ms(5));
+    assert_eq!(a[0], displaced());
+    s.handle(Event::AppFrame(text(SUB_TX)), t0 + ms(10));
+    assert_eq!(
+        s.handle(Event::AppLost, t0 + ms(20)),
+        vec![Action::AbortApp]
+    );
+    assert!(s.is_holding(), "held again");
+    // A refused init does not clear it.
+    let mut s = released(t0);
+    for i in 0..MAX_TAKEOVERS as u64 {
+        s.handle(Event::AppFrame(text(RELEASE)), t0 + ms(i));
+        s.handle(Event::AppAttach(init("k")), t0 + ms(i));
+    }
+    s.handle(Event::AppFrame(text(RELEASE)), t0 + ms(10));
+    let a = s.handle(Event::AppAttach(init("k")), t0 + ms(11));
+    assert!(matches!(a[..], [Action::RefuseTakeover { .. }]), "{a:?}");
+    assert_eq!(
+        s.handle(Event::AppLost, t0 + ms(20)),
+        vec![Action::AbortCloud]
     );
 }
 
