@@ -35,6 +35,8 @@ pub struct Shared {
     pub clouds: CloudIds,
     /// Rate limits and the in-flight bound of `POST /webhook`.
     pub webhook_gate: WebhookGate,
+    /// Bounds requests proxied to the app at once.
+    pub proxy_slots: Arc<tokio::sync::Semaphore>,
     /// Cloud origins already reported as refused.
     pub refused_origins: FirstSeen,
     pub sessions: Registry,
@@ -175,6 +177,9 @@ pub async fn start(config: Config, cancel: CancellationToken) -> Result<Running,
         clouds,
         webhook_gate,
         refused_origins: FirstSeen::default(),
+        proxy_slots: Arc::new(tokio::sync::Semaphore::new(
+            config.http.max_proxied_in_flight,
+        )),
         sessions: Registry::default(),
         tls: crate::upstream::tls_config()?,
         local_advertise,
@@ -389,6 +394,8 @@ pub fn reload(shared: &Shared, path: &std::path::Path, forced: bool) {
     new.limits.webhook_burst_per_source = old.limits.webhook_burst_per_source;
     new.limits.webhook_rate = old.limits.webhook_rate;
     new.limits.webhook_burst = old.limits.webhook_burst;
+    new.session.refire_concurrency = old.session.refire_concurrency;
+    new.http.max_proxied_in_flight = old.http.max_proxied_in_flight;
     if new.log.level != old.log.level {
         if let Err(e) = crate::logging::set_level(&new.log.level) {
             tracing::warn!(error = %e, "log level not changed");

@@ -119,6 +119,8 @@ pub enum Reject {
     Connect,
     /// A request target that cannot be aimed at the app (`OPTIONS *` and the like).
     BadTarget,
+    /// Too many requests were already waiting on the app (503).
+    Busy,
 }
 
 /// The bounds a connection is served under, read from the configuration as it is accepted.
@@ -574,6 +576,7 @@ impl Reject {
             Reject::TooLarge => "too_large",
             Reject::Connect => "connect",
             Reject::BadTarget => "bad_target",
+            Reject::Busy => "busy",
         }
     }
 }

@@ -446,3 +446,57 @@ async fn a_webhook_flood_is_answered_429_with_retry_after() {
     .await;
     streams(&mut c, 0).await;
 }
+
+#[tokio::test]
+async fn requests_waiting_on_the_app_are_bounded_and_the_rest_answered_503() {
+    // An app that accepts and reads but never answers.
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let app_addr = app.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = app.accept().await {
+            held.push(tcp);
+        }
+    });
+    let tether = Tether::spawn_yaml(
+        "http:\n  max_proxied_in_flight: 2\n",
+        &[("TETHER_APP_URL", format!("http://{app_addr}"))],
+    )
+    .await;
+    let url = format!("http://{}/slow", tether.public);
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { http::get(&url).await })
+        })
+        .collect();
+    eventually("both requests to wait on the app", || async {
+        tether
+            .metric(r#"tether_http_rejected_total{listener="public",reason="busy"}"#)
+            .await
+            > 0.0
+            || {
+                let r = http::get(&url).await;
+                r.status == 503
+            }
+    })
+    .await;
+    let r = http::get(&url).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(
+        r.headers.get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    // The admin and local listeners are not affected.
+    assert_eq!(
+        http::get(&format!("http://{}/livez", tether.admin))
+            .await
+            .status,
+        200
+    );
+    for w in waiting {
+        w.abort();
+    }
+}

@@ -262,6 +262,7 @@ struct RawHttp {
     max_connections_public: Option<usize>,
     max_connections_local: Option<usize>,
     max_connections_admin: Option<usize>,
+    max_proxied_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -458,6 +459,9 @@ pub struct HttpConfig {
     pub max_connections_public: usize,
     pub max_connections_local: usize,
     pub max_connections_admin: usize,
+    /// Requests proxied to the app at once, across connections (HTTP/2 multiplexes many
+    /// on one, and each holds a connection to the app); more are answered 503.
+    pub max_proxied_in_flight: usize,
 }
 
 /// Logging.
@@ -1137,6 +1141,7 @@ fn validate_http(rh: RawHttp) -> Result<HttpConfig, ConfigError> {
         )?,
         max_connections_local: cap("http.max_connections_local", rh.max_connections_local, 1024)?,
         max_connections_admin: cap("http.max_connections_admin", rh.max_connections_admin, 64)?,
+        max_proxied_in_flight: cap("http.max_proxied_in_flight", rh.max_proxied_in_flight, 1024)?,
     })
 }
 

@@ -22,6 +22,9 @@ pub const RESTART_KEYS: &[&str] = &[
     "limits.webhook_rate",
     "limits.webhook_burst",
     "state.dir",
+    // Each sizes a semaphore made at start.
+    "session.refire_concurrency",
+    "http.max_proxied_in_flight",
 ];
 
 /// One changed key.
@@ -196,6 +199,10 @@ impl Config {
             (
                 "http.max_connections_admin",
                 c.http.max_connections_admin.to_string(),
+            ),
+            (
+                "http.max_proxied_in_flight",
+                c.http.max_proxied_in_flight.to_string(),
             ),
             ("log.level", c.log.level.clone()),
             ("log.format", format!("{:?}", c.log.format).to_lowercase()),

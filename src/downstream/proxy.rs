@@ -112,6 +112,21 @@ pub async fn handle(
 ) -> Response<Body> {
     let config = shared.config();
     let metrics = shared.metrics.listener(Listener::Public);
+    // Held until the app's response head is in: each waiting request holds a connection
+    // to the app, and HTTP/2 lets one client open many.
+    let Ok(_slot) = shared.proxy_slots.clone().try_acquire_owned() else {
+        metrics.rejected(Reject::Busy);
+        shared.metrics.proxy_request("proxy", 503);
+        let mut resp = json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests waiting on the app; retry shortly",
+        );
+        resp.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from_static("1"),
+        );
+        return resp;
+    };
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let version = req.version();
