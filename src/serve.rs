@@ -108,6 +108,17 @@ pub enum Stage {
     H2Ping,
 }
 
+/// Largest HTTP/1 read buffer per connection: a request head must fit (nginx's default
+/// for large headers is 4 x 8 KiB).
+pub const H1_MAX_BUF: usize = 32 * 1024;
+/// Largest HTTP/2 header list a peer may send.
+pub const H2_MAX_HEADER_LIST: u32 = 32 * 1024;
+/// HTTP/2 flow-control windows: request body bytes a peer may send ahead of Tether's reading.
+pub const H2_CONN_WINDOW: u32 = 128 * 1024;
+pub const H2_STREAM_WINDOW: u32 = 64 * 1024;
+/// Response bytes buffered per HTTP/2 stream before the writer waits.
+pub const H2_MAX_SEND_BUF: usize = 64 * 1024;
+
 /// Why a request was refused as bad input, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
@@ -289,7 +300,10 @@ async fn connection<H, F>(
             let mut b = hyper::server::conn::http1::Builder::new();
             // Without a timer hyper ignores header_read_timeout (it only logs a warning).
             b.timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read);
+                .header_read_timeout(limits.header_read)
+                // hyper's default read buffer is ~400 KiB: bound what each half-sent head
+                // may pin, so the connection cap bounds memory too.
+                .max_buf_size(H1_MAX_BUF);
             let conn = b.serve_connection(io, service).with_upgrades();
             drive(conn, watch_in_flight, &limits, &cancel, drain, &metrics).await
         }
@@ -299,6 +313,13 @@ async fn connection<H, F>(
                 .keep_alive_interval(limits.h2_keepalive_interval)
                 .keep_alive_timeout(limits.h2_keepalive_timeout)
                 .max_concurrent_streams(limits.h2_max_streams)
+                // Small windows and header lists: what a peer can make Tether hold per
+                // connection and stream stays small (hyper's defaults are 1 MiB windows and
+                // a 16 MiB header list).
+                .max_header_list_size(H2_MAX_HEADER_LIST)
+                .initial_connection_window_size(H2_CONN_WINDOW)
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .max_send_buf_size(H2_MAX_SEND_BUF)
                 // Lets an RFC 8441 WebSocket request reach us, to be refused with a status
                 // rather than a stream reset.
                 .enable_connect_protocol();

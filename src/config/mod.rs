@@ -1137,9 +1137,10 @@ fn validate_http(rh: RawHttp) -> Result<HttpConfig, ConfigError> {
         max_connections_public: cap(
             "http.max_connections_public",
             rh.max_connections_public,
-            4096,
+            2048,
         )?,
-        max_connections_local: cap("http.max_connections_local", rh.max_connections_local, 1024)?,
+        // The app's own sockets, one per session: trusted, so generous.
+        max_connections_local: cap("http.max_connections_local", rh.max_connections_local, 4096)?,
         max_connections_admin: cap("http.max_connections_admin", rh.max_connections_admin, 64)?,
         max_proxied_in_flight: cap("http.max_proxied_in_flight", rh.max_proxied_in_flight, 1024)?,
     })
@@ -1233,7 +1234,7 @@ mod tests {
                 c.http.max_connections_local,
                 c.http.max_connections_admin
             ),
-            (4096, 1024, 64)
+            (2048, 4096, 64)
         );
         let c = Config::from_yaml("http:\n  idle_timeout_ms: 250\n  max_connections_admin: 3\n")
             .expect("cfg");
