@@ -108,11 +108,6 @@ pub enum Stage {
     H2Ping,
 }
 
-/// Largest HTTP/1 read buffer per connection: a request head must fit (nginx's default
-/// for large headers is 4 x 8 KiB).
-pub const H1_MAX_BUF: usize = 32 * 1024;
-/// Largest HTTP/2 header list a peer may send.
-pub const H2_MAX_HEADER_LIST: u32 = 32 * 1024;
 /// HTTP/2 flow-control windows: request body bytes a peer may send ahead of Tether's reading.
 pub const H2_CONN_WINDOW: u32 = 128 * 1024;
 pub const H2_STREAM_WINDOW: u32 = 64 * 1024;
@@ -143,6 +138,7 @@ pub struct ConnLimits {
     pub h2_keepalive_interval: Duration,
     pub h2_keepalive_timeout: Duration,
     pub h2_max_streams: u32,
+    pub max_header_bytes: usize,
     pub max_connections: usize,
 }
 
@@ -303,7 +299,7 @@ async fn connection<H, F>(
                 .header_read_timeout(limits.header_read)
                 // hyper's default read buffer is ~400 KiB: bound what each half-sent head
                 // may pin, so the connection cap bounds memory too.
-                .max_buf_size(H1_MAX_BUF);
+                .max_buf_size(limits.max_header_bytes);
             let conn = b.serve_connection(io, service).with_upgrades();
             drive(conn, watch_in_flight, &limits, &cancel, drain, &metrics).await
         }
@@ -316,7 +312,7 @@ async fn connection<H, F>(
                 // Small windows and header lists: what a peer can make Tether hold per
                 // connection and stream stays small (hyper's defaults are 1 MiB windows and
                 // a 16 MiB header list).
-                .max_header_list_size(H2_MAX_HEADER_LIST)
+                .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
                 .initial_connection_window_size(H2_CONN_WINDOW)
                 .initial_stream_window_size(H2_STREAM_WINDOW)
                 .max_send_buf_size(H2_MAX_SEND_BUF)
@@ -614,6 +610,7 @@ impl ConnLimits {
             h2_keepalive_interval: http.h2_keepalive_interval,
             h2_keepalive_timeout: http.h2_keepalive_timeout,
             h2_max_streams: http.h2_max_concurrent_streams,
+            max_header_bytes: http.max_header_bytes,
             max_connections: match which {
                 Listener::Public => http.max_connections_public,
                 Listener::Local => http.max_connections_local,

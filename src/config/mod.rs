@@ -259,6 +259,7 @@ struct RawHttp {
     h2_keepalive_interval_ms: Option<u64>,
     h2_keepalive_timeout_ms: Option<u64>,
     h2_max_concurrent_streams: Option<u32>,
+    max_header_bytes: Option<usize>,
     max_connections_public: Option<usize>,
     max_connections_local: Option<usize>,
     max_connections_admin: Option<usize>,
@@ -454,6 +455,9 @@ pub struct HttpConfig {
     pub h2_keepalive_timeout: Duration,
     /// HTTP/2 streams one connection may have open at once.
     pub h2_max_concurrent_streams: u32,
+    /// Largest request head (HTTP/1: the per-connection read buffer; HTTP/2: the header
+    /// list); larger ones get 431. Bounds what a half-sent head can pin.
+    pub max_header_bytes: usize,
     /// Open connections per listener, upgraded ones included; more are accepted and
     /// closed at once.
     pub max_connections_public: usize,
@@ -1134,6 +1138,14 @@ fn validate_http(rh: RawHttp) -> Result<HttpConfig, ConfigError> {
             600_000,
         )?,
         h2_max_concurrent_streams: streams,
+        // hyper needs at least 8 KiB of read buffer.
+        max_header_bytes: bounded(
+            "http.max_header_bytes",
+            rh.max_header_bytes,
+            16 * 1024,
+            8 * 1024,
+            1024 * 1024,
+        )?,
         max_connections_public: cap(
             "http.max_connections_public",
             rh.max_connections_public,

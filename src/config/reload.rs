@@ -200,6 +200,7 @@ impl Config {
                 "http.max_connections_admin",
                 c.http.max_connections_admin.to_string(),
             ),
+            ("http.max_header_bytes", c.http.max_header_bytes.to_string()),
             (
                 "http.max_proxied_in_flight",
                 c.http.max_proxied_in_flight.to_string(),
