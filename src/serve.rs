@@ -70,6 +70,14 @@ pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
     )
 }
 
+/// `resp` with `Retry-After: secs`, for a refusal the client should retry.
+pub fn retry_after(mut resp: Response<Body>, secs: u64) -> Response<Body> {
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&secs.to_string()) {
+        resp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+    }
+    resp
+}
+
 /// A plain-text response.
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(full(body));

@@ -117,15 +117,11 @@ pub async fn handle(
     let Ok(_slot) = shared.proxy_slots.clone().try_acquire_owned() else {
         metrics.rejected(Reject::Busy);
         shared.metrics.proxy_request("proxy", 503);
-        let mut resp = json_error(
+        let resp = json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many requests waiting on the app; retry shortly",
         );
-        resp.headers_mut().insert(
-            hyper::header::RETRY_AFTER,
-            hyper::header::HeaderValue::from_static("1"),
-        );
-        return resp;
+        return crate::serve::retry_after(resp, 1);
     };
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));

@@ -119,11 +119,7 @@ fn refused(refusal: Refusal, peer: SocketAddr) -> Response<Body> {
         ),
         _ => (StatusCode::TOO_MANY_REQUESTS, "webhook rate limit exceeded"),
     };
-    let mut resp = json_error(status, message);
-    if let Ok(v) = hyper::header::HeaderValue::from_str(&refusal.retry_after_secs().to_string()) {
-        resp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
-    }
-    resp
+    crate::serve::retry_after(json_error(status, message), refusal.retry_after_secs())
 }
 
 /// 403 for a webhook naming an origin off the allowlist: counted, and logged once per origin
