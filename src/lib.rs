@@ -21,6 +21,8 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod downstream;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod protocol;
 pub mod registry;
