@@ -22,6 +22,8 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod downstream;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod protocol;
 pub mod registry;
