@@ -24,7 +24,7 @@ use url::Url;
 use crate::config::{Config, ConfigError, ENV_OVERRIDES};
 use crate::downstream::listener::APP_WS_PATHS;
 use crate::protocol::{iso8601, top_level_str, ConnectionError, ConnectionInit, Kind};
-use crate::upstream::clouds::{self, CloudTable};
+use crate::upstream::clouds::{self, CloudIds};
 use crate::webhook::{self, WebhookError, URL_FIELDS};
 
 /// JSON's whitespace (RFC 8259), which is all the frame scanner skips.
@@ -327,10 +327,14 @@ pub fn webhook(data: &[u8]) {
         assert_eq!(cloud_ws_url(text).as_ref(), Some(url), "{field}");
     }
 
-    let table = CloudTable::new(KNOWN_CLOUDS.len() + URL_FIELDS.len());
+    let table = CloudIds::ephemeral().expect("a key");
     for known in KNOWN_CLOUDS {
         let url = Url::parse(known).expect("known cloud URL");
-        table.register(&url).expect("room for the known clouds");
+        table.register(&url).expect("a known cloud gets an id");
+    }
+    // An origin too long for an id makes the intake refuse the whole webhook (400).
+    if req.urls.iter().any(|(_, u)| table.register(u).is_err()) {
+        return;
     }
     let advertise = ADVERTISE[data.len() % ADVERTISE.len()];
     let mut rewritten = obj.clone();
@@ -370,10 +374,10 @@ fn authority(url: &Url) -> String {
 
 /// Registers a cloud URL, rewrites it as the intake does, and follows the local URL back the
 /// way the listener does; returns the local URL.
-fn check_local_url(table: &CloudTable, advertise: &str, url: &Url) -> String {
-    let id = table.register(url).expect("room for every URL field");
+fn check_local_url(table: &CloudIds, advertise: &str, url: &Url) -> String {
+    let id = table.register(url).expect("checked by the caller");
     assert!(
-        id.len() == 8 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        id.len() > 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
         "cloud id {id:?}"
     );
     let origin = clouds::origin_of(url).expect("an accepted URL has an origin");
@@ -494,8 +498,12 @@ fn check_origin(url: &Url) -> Option<Url> {
     assert_eq!((origin.query(), origin.fragment()), (None, None), "{url}");
     assert_eq!((origin.username(), origin.password()), ("", None), "{url}");
     assert_eq!(clouds::origin_of(&origin).as_ref(), Some(&origin), "{url}");
-    let table = CloudTable::new(1);
-    let id = table.register(url).expect("a ws URL registers");
+    let table = CloudIds::ephemeral().expect("a key");
+    let Ok(id) = table.register(url) else {
+        // Only an origin too long for an id is refused.
+        assert!(origin.as_str().len() > 200, "{url} refused an id");
+        return Some(origin);
+    };
     assert_eq!(
         table.register(&origin),
         Ok(id),
@@ -683,7 +691,14 @@ fn check_config(cfg: &Config) {
         "webhook hold {:?}",
         s.webhook_hold
     );
-    assert!((1024..=256 << 20).contains(&l.max_frame_bytes), "max frame");
+    assert!(
+        (1024..=256 << 20).contains(&l.max_frame_bytes_up),
+        "max frame up"
+    );
+    assert!(
+        (1024..=256 << 20).contains(&l.max_frame_bytes_down),
+        "max frame down"
+    );
     assert!(
         (1024..=1 << 20).contains(&l.ws_read_buffer_bytes),
         "read buffer"
@@ -692,7 +707,6 @@ fn check_config(cfg: &Config) {
         ("cloud.heartbeat_misses", c.heartbeat_misses as usize),
         ("session.app_ping_misses", s.app_ping_misses as usize),
         ("session.refire_concurrency", s.refire_concurrency),
-        ("limits.max_clouds", l.max_clouds),
         ("buffer.up_max_frames", b.up_max_frames),
         ("buffer.down_max_frames", b.down_max_frames),
     ] {
@@ -736,7 +750,16 @@ fn check_overrides(cfg: &Config, env: &[(String, String)]) {
             }
             "TETHER_CLOUD_WS_URL" if t.is_empty() => assert_eq!(cfg.cloud.ws_url, None),
             "TETHER_CLOUD_WS_URL" => assert_eq!(cfg.cloud.ws_url, Url::parse(t).ok()),
-            "TETHER_MAX_FRAME_BYTES" => assert_eq!(Ok(cfg.limits.max_frame_bytes), t.parse()),
+            "TETHER_MAX_FRAME_BYTES" => {
+                // The per-leg variables win over the shared one.
+                let given = |n: &str| env.iter().any(|(k, _)| k == n);
+                if !given("TETHER_MAX_FRAME_BYTES_UP") {
+                    assert_eq!(Ok(cfg.limits.max_frame_bytes_up), t.parse());
+                }
+                if !given("TETHER_MAX_FRAME_BYTES_DOWN") {
+                    assert_eq!(Ok(cfg.limits.max_frame_bytes_down), t.parse());
+                }
+            }
             "TETHER_LOG_LEVEL" => assert_eq!(&cfg.log.level, v),
             "TETHER_LOG_FORMAT" => {
                 let format = serde_json::to_value(cfg.log.format).expect("format");
@@ -791,7 +814,8 @@ fn render(cfg: &Config) -> String {
     let _ = writeln!(out, "  resurrection_wait_ms: {}", ms(c.resurrection_wait));
     let _ = writeln!(out, "  stop_hold_ms: {}", ms(c.stop_hold));
     out.push_str("limits:\n");
-    let _ = writeln!(out, "  max_frame_bytes: {}", l.max_frame_bytes);
+    let _ = writeln!(out, "  max_frame_bytes_up: {}", l.max_frame_bytes_up);
+    let _ = writeln!(out, "  max_frame_bytes_down: {}", l.max_frame_bytes_down);
     let _ = writeln!(
         out,
         "  max_webhook_body_bytes: {}",
@@ -799,7 +823,6 @@ fn render(cfg: &Config) -> String {
     );
     let _ = writeln!(out, "  ws_read_buffer_bytes: {}", l.ws_read_buffer_bytes);
     let _ = writeln!(out, "  init_timeout_ms: {}", ms(l.init_timeout));
-    let _ = writeln!(out, "  max_clouds: {}", l.max_clouds);
     out.push_str("session:\n");
     let _ = writeln!(out, "  hold_window_ms: {}", ms(s.hold_window));
     let _ = writeln!(out, "  intent_window_ms: {}", ms(s.intent_window));
