@@ -409,9 +409,6 @@ fn check_local_url(table: &CloudIds, advertise: &str, url: &Url) -> String {
         Some(q) => format!("{rest}?{q}"),
         None => rest.to_string(),
     };
-    if known::join_leaves_origin(&path_and_query) {
-        return local;
-    }
     let dialled = clouds::join(&origin, &path_and_query, false)
         .unwrap_or_else(|| panic!("cannot dial {local}"));
     let mut want = url.clone();
@@ -419,9 +416,6 @@ fn check_local_url(table: &CloudIds, advertise: &str, url: &Url) -> String {
     // The origin keeps no credentials, so neither does the URL dialled.
     let _ = want.set_username("");
     let _ = want.set_password(None);
-    if url.path().starts_with("//") {
-        want.set_path(&known::collapsed_leading_slashes(url.path()));
-    }
     assert_eq!(dialled, want, "{local} dials another URL");
     local
 }
@@ -515,12 +509,13 @@ fn check_origin(url: &Url) -> Option<Url> {
 fn check_join(origin: &Url, path_and_query: &str) {
     let ws = clouds::join(origin, path_and_query, false);
     let http = clouds::join(origin, path_and_query, true);
-    if known::join_leaves_origin(path_and_query) {
-        return;
-    }
     let at = || format!("{origin} + {path_and_query:?}");
-    let ws = ws.unwrap_or_else(|| panic!("no ws URL for {}", at()));
-    let http = http.unwrap_or_else(|| panic!("no http URL for {}", at()));
+    // Whatever the target, the result is on the origin or there is none.
+    let (ws, http) = match (ws, http) {
+        (Some(ws), Some(http)) => (ws, http),
+        (None, None) => return,
+        (ws, http) => panic!("ws {ws:?} and http {http:?} disagree for {}", at()),
+    };
     assert_eq!(ws.scheme(), origin.scheme(), "{}", at());
     assert_eq!(authority(&ws), authority(origin), "{}", at());
     let http_scheme = if origin.scheme() == "wss" {
@@ -890,30 +885,6 @@ pub mod known {
     /// `peek::Scanner::string` reports a string cut short at one past the end
     /// (`{"` gives `at: 3` for a 2-byte text).
     pub const MALFORMED_AT_SLACK: usize = 1;
-
-    /// `clouds::join` trims the leading slashes of the path and resolves the rest as a URL
-    /// reference, so `/wss://evil.example/x`, `/\\evil.example/x` or `/ws:evil.example/x`
-    /// leave the origin (for the ws form and the http form alike).
-    pub fn join_leaves_origin(path_and_query: &str) -> bool {
-        let t = path_and_query.trim_start_matches('/');
-        if t.starts_with("\\\\") || t.starts_with("\\/") {
-            return true;
-        }
-        let scheme_end = t.find(':');
-        scheme_end.is_some_and(|end| {
-            let scheme = &t[..end];
-            scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-                && scheme
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-        })
-    }
-
-    /// The same trim turns a cloud path `//x` into `/x`: the app dials a path the cloud
-    /// never named.
-    pub fn collapsed_leading_slashes(path: &str) -> String {
-        format!("/{}", path.trim_start_matches('/'))
-    }
 
     /// Whether YAML text may set `app.api_key_file` (plainly or through escapes), which
     /// `Config::from_yaml` would read.

@@ -191,19 +191,30 @@ pub fn split_local_path(path: &str) -> Option<(&str, &str)> {
 
 /// Joins a cloud origin with a path and query taken from a local request, switching the
 /// scheme to `http`/`https` when `http` is set (the SDK derives HTTP calls from the ws URL).
+/// The result is always on `origin`: the path is appended, never resolved as a reference
+/// (`/wss://elsewhere/x` or `/\\elsewhere` must not leave it), and `None` if it would.
 pub fn join(origin: &Url, path_and_query: &str, http: bool) -> Option<Url> {
-    let mut url = origin.join(path_and_query.trim_start_matches('/')).ok()?;
-    if http {
-        let scheme = if origin.scheme() == "wss" {
-            "https"
-        } else {
-            "http"
-        };
-        // `set_scheme` refuses ws->http changes on special schemes; rebuild the text instead.
-        let text = url.as_str().replacen(origin.scheme(), scheme, 1);
-        url = Url::parse(&text).ok()?;
+    let base = origin.as_str().trim_end_matches('/');
+    let sep = if path_and_query.starts_with('/') {
+        ""
+    } else {
+        "/"
+    };
+    let url = Url::parse(&format!("{base}{sep}{path_and_query}")).ok()?;
+    if origin_of(&url).as_ref() != Some(origin) || url.fragment().is_some() {
+        return None;
     }
-    Some(url)
+    if !http {
+        return Some(url);
+    }
+    let scheme = if origin.scheme() == "wss" {
+        "https"
+    } else {
+        "http"
+    };
+    // `set_scheme` refuses ws->http changes on special schemes; rebuild the text instead.
+    let text = url.as_str().replacen(origin.scheme(), scheme, 1);
+    Url::parse(&text).ok()
 }
 
 #[cfg(test)]
@@ -279,6 +290,34 @@ mod tests {
             Err(KeyError::Malformed(_))
         ));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_joined_path_never_leaves_the_origin() {
+        let o = url("wss://api.example.net/");
+        for tricky in [
+            "/wss://evil.example/app-ws",
+            "/ws:evil.example/x",
+            "/\\\\evil.example/x",
+            "/\\/evil.example/x",
+            "//evil.example/x",
+            "/https://evil.example/api/tts",
+            "/%2F%2Fevil.example/x",
+            "/../../x",
+            "/x#frag",
+        ] {
+            for http in [false, true] {
+                if let Some(u) = join(&o, tricky, http) {
+                    assert_eq!(u.host_str(), Some("api.example.net"), "{tricky} -> {u}");
+                    assert_eq!(u.port_or_known_default(), Some(443), "{tricky} -> {u}");
+                }
+            }
+        }
+        assert_eq!(
+            join(&o, "//x/app-ws", false).map(|u| u.path().to_string()),
+            Some("//x/app-ws".into()),
+            "the path is kept as the cloud named it"
+        );
     }
 
     #[test]
