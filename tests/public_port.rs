@@ -474,3 +474,44 @@ async fn requests_waiting_on_the_app_are_bounded_and_the_rest_answered_503() {
         w.abort();
     }
 }
+
+#[tokio::test]
+async fn a_local_path_cannot_steer_the_sdk_calls_to_another_host() {
+    let cloud = FakeCloud::bind().await;
+    let mut app = FakeApp::start().await;
+    // The fake cloud speaks no HTTP: calls that do go to it give up quickly.
+    let tether = tether_for(&cloud, &app, "cloud:\n  http_timeout_ms: 300\n").await;
+    let mut c = connect_session(
+        &tether,
+        &cloud,
+        &mut app,
+        "alice@example.com-com.example.notes",
+    )
+    .await;
+    let url = c.webhook["mentraOSWebsocketUrl"]
+        .as_str()
+        .expect("url")
+        .to_string();
+    let prefix = url.trim_end_matches("/app-ws").to_string();
+    let stranger = tokio::net::TcpListener::bind("127.0.0.2:0")
+        .await
+        .expect("bind 127.0.0.2");
+    let at = stranger.local_addr().expect("addr");
+    let bearer = format!("Bearer com.example.notes:{API_KEY}");
+    for tail in [
+        format!("/ws://{at}/api/sdk/simple-storage/alice"),
+        format!("/wss:{at}/api/sdk/simple-storage/alice"),
+        format!("/\\\\{at}/api/sdk/simple-storage/alice"),
+        format!("//{at}/api/sdk/simple-storage/alice"),
+    ] {
+        let target = format!("{}{tail}", prefix.replacen("ws://", "http://", 1));
+        let _ = http::request("GET", &target, &[("authorization", &bearer)], Bytes::new()).await;
+    }
+    assert!(
+        tokio::time::timeout(QUIET, stranger.accept())
+            .await
+            .is_err(),
+        "an SDK call with the API key reached another host"
+    );
+    streams(&mut c, 0).await;
+}
