@@ -590,8 +590,12 @@ pub fn config(data: &[u8]) {
             let ConfigError::Invalid { key, .. } = &e else {
                 panic!("an override made {e}");
             };
+            // A slot is the key, perhaps with a note ("limits.max_frame_bytes (both legs)");
+            // a shared key's error may name the per-leg key it set.
             let named = ENV_OVERRIDES.iter().any(|(var, slot)| {
-                env.iter().any(|(name, _)| name == var) && (key == var || slot == key)
+                let slot = slot.split(' ').next().unwrap_or_default();
+                env.iter().any(|(name, _)| name == var)
+                    && (key == var || key == slot || key.starts_with(&format!("{slot}_")))
             });
             assert!(named, "{e}, from overrides {env:?}");
         }
