@@ -835,6 +835,9 @@ fn validate(raw: RawConfig, api_key: Secret, admin_token: Secret) -> Result<Conf
         .and_then(crate::upstream::clouds::origin_of)
     {
         let text = origin.as_str().trim_end_matches('/').to_string();
+        // A URL whose host no pattern can name (e.g. `*`) is the ws_url's fault.
+        AllowList::parse(&[&text])
+            .map_err(|e| invalid("cloud.ws_url", format!("its origin cannot be allowed: {e}")))?;
         if !patterns.contains(&text) {
             patterns.push(text);
         }
