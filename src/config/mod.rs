@@ -59,13 +59,13 @@ const FRAME_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=256 * 1024 * 1
 
 /// Upper bounds of the `session:` and `buffer:` counts: far above any sane setting, and low
 /// enough that nothing built from them (a semaphore, a product of durations) can fail.
-const MAX_REFIRE_CONCURRENCY: u64 = 1024;
-const MAX_PING_MISSES: u64 = 100;
-const MAX_BUFFER_FRAMES: u64 = 1_000_000;
+const MAX_REFIRE_CONCURRENCY: usize = 1024;
+const MAX_PING_MISSES: u32 = 100;
+const MAX_BUFFER_FRAMES: usize = 1_000_000;
 /// A session's buffer, per direction.
-const MAX_BUFFER_BYTES: u64 = 1 << 30;
+const MAX_BUFFER_BYTES: usize = 1 << 30;
 /// Every buffer together.
-const MAX_GLOBAL_BUFFER_BYTES: u64 = 64 << 30;
+const MAX_GLOBAL_BUFFER_BYTES: usize = 64 << 30;
 
 /// Shortest admin token accepted: a short token is guessable over the network.
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
@@ -676,6 +676,7 @@ fn millis(key: &str, value: Option<u64>, default: u64, max: u64) -> Result<Durat
     Ok(Duration::from_millis(ms))
 }
 
+/// A value in `min..=max` (default `default`), with an error naming the key and the bounds.
 fn bounded<T>(key: &str, value: Option<T>, default: T, min: T, max: T) -> Result<T, ConfigError>
 where
     T: PartialOrd + Copy + std::fmt::Display,
@@ -688,22 +689,6 @@ where
         ));
     }
     Ok(v)
-}
-
-/// A count in `min..=max` (default `default`), with an error naming the key and the bounds.
-fn count<T>(key: &str, value: Option<T>, default: T, min: u64, max: u64) -> Result<T, ConfigError>
-where
-    T: Copy + TryInto<u64>,
-{
-    let v = value.unwrap_or(default);
-    match v.try_into() {
-        Ok(n) if (min..=max).contains(&n) => Ok(v),
-        Ok(n) => Err(invalid(
-            key,
-            format!("must be between {min} and {max}, got {n}"),
-        )),
-        Err(_) => Err(invalid(key, format!("must be between {min} and {max}"))),
-    }
 }
 
 fn ws_url(key: &str, text: &str) -> Result<Url, ConfigError> {
@@ -998,7 +983,7 @@ fn validate(raw: RawConfig, api_key: Secret, admin_token: Secret) -> Result<Conf
             5_000,
             60_000,
         )?,
-        app_ping_misses: count(
+        app_ping_misses: bounded(
             "session.app_ping_misses",
             rs.app_ping_misses,
             3,
@@ -1012,7 +997,7 @@ fn validate(raw: RawConfig, api_key: Secret, admin_token: Secret) -> Result<Conf
             5_000,
         )?,
         webhook_hold: millis("session.webhook_hold_ms", rs.webhook_hold_ms, 4_000, 9_500)?,
-        refire_concurrency: count(
+        refire_concurrency: bounded(
             "session.refire_concurrency",
             rs.refire_concurrency,
             16,
@@ -1021,10 +1006,11 @@ fn validate(raw: RawConfig, api_key: Secret, admin_token: Secret) -> Result<Conf
         )?,
     };
     let rb = raw.buffer;
-    let frames =
-        |key: &str, v: Option<usize>, default: usize| count(key, v, default, 1, MAX_BUFFER_FRAMES);
+    let frames = |key: &str, v: Option<usize>, default: usize| {
+        bounded(key, v, default, 1, MAX_BUFFER_FRAMES)
+    };
     let bytes = |key: &str, v: Option<usize>, default: usize| {
-        count(key, v, default, 1024, MAX_BUFFER_BYTES)
+        bounded(key, v, default, 1024, MAX_BUFFER_BYTES)
     };
     let buffer = BufferConfig {
         up_max_frames: frames("buffer.up_max_frames", rb.up_max_frames, 256)?,
@@ -1038,7 +1024,7 @@ fn validate(raw: RawConfig, api_key: Secret, admin_token: Secret) -> Result<Conf
             60_000,
             600_000,
         )?,
-        global_max_bytes: count(
+        global_max_bytes: bounded(
             "buffer.global_max_bytes",
             rb.global_max_bytes,
             64 << 20,
@@ -1082,26 +1068,17 @@ fn validate(raw: RawConfig, api_key: Secret, admin_token: Secret) -> Result<Conf
     })
 }
 
-/// A connection cap: at least 1, at most what one process could hold.
-fn cap(key: &str, value: Option<usize>, default: usize) -> Result<usize, ConfigError> {
-    let n = value.unwrap_or(default);
-    if !(1..=1_000_000).contains(&n) {
-        return Err(invalid(
-            key,
-            format!("must be between 1 and 1000000, got {n}"),
-        ));
-    }
-    Ok(n)
-}
+/// Most connections (or requests) a listener may be given: what one process could hold.
+const MAX_CONNECTIONS: usize = 1_000_000;
 
 fn validate_http(rh: RawHttp) -> Result<HttpConfig, ConfigError> {
-    let streams = rh.h2_max_concurrent_streams.unwrap_or(100);
-    if !(1..=10_000).contains(&streams) {
-        return Err(invalid(
-            "http.h2_max_concurrent_streams",
-            format!("must be between 1 and 10000, got {streams}"),
-        ));
-    }
+    let streams = bounded(
+        "http.h2_max_concurrent_streams",
+        rh.h2_max_concurrent_streams,
+        100,
+        1,
+        10_000,
+    )?;
     Ok(HttpConfig {
         header_read_timeout: millis(
             "http.header_read_timeout_ms",
@@ -1149,15 +1126,35 @@ fn validate_http(rh: RawHttp) -> Result<HttpConfig, ConfigError> {
             8 * 1024,
             1024 * 1024,
         )?,
-        max_connections_public: cap(
+        max_connections_public: bounded(
             "http.max_connections_public",
             rh.max_connections_public,
             2048,
+            1,
+            MAX_CONNECTIONS,
         )?,
         // The app's own sockets, one per session: trusted, so generous.
-        max_connections_local: cap("http.max_connections_local", rh.max_connections_local, 4096)?,
-        max_connections_admin: cap("http.max_connections_admin", rh.max_connections_admin, 64)?,
-        max_proxied_in_flight: cap("http.max_proxied_in_flight", rh.max_proxied_in_flight, 1024)?,
+        max_connections_local: bounded(
+            "http.max_connections_local",
+            rh.max_connections_local,
+            4096,
+            1,
+            MAX_CONNECTIONS,
+        )?,
+        max_connections_admin: bounded(
+            "http.max_connections_admin",
+            rh.max_connections_admin,
+            64,
+            1,
+            MAX_CONNECTIONS,
+        )?,
+        max_proxied_in_flight: bounded(
+            "http.max_proxied_in_flight",
+            rh.max_proxied_in_flight,
+            1024,
+            1,
+            MAX_CONNECTIONS,
+        )?,
     })
 }
 
